@@ -1,0 +1,1 @@
+"""Shipped rig and board definitions (package data), found by name."""
