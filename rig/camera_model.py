@@ -1,0 +1,97 @@
+"""Pinhole camera with OpenCV radial-tangential distortion, as pure functions.
+
+Conventions match OpenCV's ``projectPoints``: pixel centres lie at integer
+coordinates, ``dist = (k1, k2, p1, p2, k3)``. Tested against OpenCV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def distort(xy: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Apply radial-tangential distortion to normalised coordinates ``(..., 2)``."""
+    k1, k2, p1, p2, k3 = (list(np.ravel(dist)) + [0.0] * 5)[:5]
+    x, y = xy[..., 0], xy[..., 1]
+    r2 = x * x + y * y
+    radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    xd = x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
+    yd = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
+    return np.stack([xd, yd], axis=-1)
+
+
+def undistort(xy_d: np.ndarray, dist: np.ndarray, iterations: int = 20, tol: float = 1e-12) -> np.ndarray:
+    """Invert :func:`distort` by Newton's method (converges to ~1e-12 for physical lenses)."""
+    k1, k2, p1, p2, k3 = (list(np.ravel(dist)) + [0.0] * 5)[:5]
+    xy_d = np.asarray(xy_d, dtype=np.float64)
+    p = xy_d.copy()
+    for _ in range(iterations):
+        x, y = p[..., 0], p[..., 1]
+        r2 = x * x + y * y
+        radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        dradial = k1 + r2 * (2.0 * k2 + 3.0 * k3 * r2)  # d radial / d r2
+        fx = x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x) - xy_d[..., 0]
+        fy = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y - xy_d[..., 1]
+        j11 = radial + 2.0 * x * x * dradial + 2.0 * p1 * y + 6.0 * p2 * x
+        j12 = 2.0 * x * y * dradial + 2.0 * p1 * x + 2.0 * p2 * y
+        j21 = 2.0 * x * y * dradial + 2.0 * p1 * x + 2.0 * p2 * y
+        j22 = radial + 2.0 * y * y * dradial + 6.0 * p1 * y + 2.0 * p2 * x
+        det = j11 * j22 - j12 * j21
+        dx = (j22 * fx - j12 * fy) / det
+        dy = (j11 * fy - j21 * fx) / det
+        p[..., 0] -= dx
+        p[..., 1] -= dy
+        if max(np.abs(dx).max(initial=0.0), np.abs(dy).max(initial=0.0)) < tol:
+            break
+    return p
+
+
+@dataclass(frozen=True, eq=False)
+class CameraModel:
+    """Intrinsics + distortion + image size of one camera."""
+
+    K: np.ndarray
+    dist: np.ndarray
+    width: int
+    height: int
+    _rays: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def project(self, points_cam: np.ndarray) -> np.ndarray:
+        """Project camera-frame 3D points ``(N, 3)`` to pixels ``(N, 2)``."""
+        pts = np.asarray(points_cam, dtype=np.float64)
+        xy = pts[..., :2] / pts[..., 2:3]
+        return self.to_pixels(distort(xy, self.dist))
+
+    def to_pixels(self, xy_d: np.ndarray) -> np.ndarray:
+        K = self.K
+        u = K[0, 0] * xy_d[..., 0] + K[0, 1] * xy_d[..., 1] + K[0, 2]
+        v = K[1, 1] * xy_d[..., 1] + K[1, 2]
+        return np.stack([u, v], axis=-1)
+
+    def unproject(self, pixels: np.ndarray) -> np.ndarray:
+        """Undistorted normalised coordinates ``(..., 2)`` of pixel positions ``(..., 2)``."""
+        K = self.K
+        px = np.asarray(pixels, dtype=np.float64)
+        y = (px[..., 1] - K[1, 2]) / K[1, 1]
+        x = (px[..., 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
+        return undistort(np.stack([x, y], axis=-1), self.dist)
+
+    def pixel_rays(self) -> np.ndarray:
+        """Normalised undistorted coordinates of every pixel centre, ``(H, W, 2)`` float64 (cached)."""
+        rays = self._rays.get("rays")
+        if rays is None:
+            u, v = np.meshgrid(np.arange(self.width, dtype=np.float64), np.arange(self.height, dtype=np.float64))
+            rays = self.unproject(np.stack([u, v], axis=-1))
+            self._rays["rays"] = rays
+        return rays
+
+
+def pose_compose(R_ab: np.ndarray, t_ab: np.ndarray, R_bc: np.ndarray, t_bc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compose transforms: ``X_a = R_ab X_b + t_ab`` and ``X_b = R_bc X_c + t_bc`` give ``a <- c``."""
+    return R_ab @ R_bc, R_ab @ t_bc + t_ab
