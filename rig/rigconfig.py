@@ -70,8 +70,9 @@ class ThermalSpec:
     offset_counts: float = 8000.0  # counts at 0 degC
     temporal_noise_counts: float = 6.0
     fixed_pattern_counts: float = 15.0
-    vignetting: float = 0.25  # relative loss at the image corner
+    vignetting: float = 0.25  # relative loss of the scene-minus-housing signal at the image corner
     blur_sigma_px: float = 0.7
+    housing_c: float = 25.0  # camera interior temperature: vignetting acts on the difference to it
 
 
 @dataclass(frozen=True)

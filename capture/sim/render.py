@@ -20,7 +20,7 @@ from rig.boards import Board
 from rig.camera_model import CameraModel
 from rig.rigconfig import ThermalSpec
 
-TEXELS_PER_PIXEL = 6.0
+TEXELS_PER_PIXEL = 4.0
 
 
 def board_coordinates(model: CameraModel, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +46,7 @@ class BoardRenderer:
     """Samples a board's reflectance and coverage for a camera; caches textures per scale."""
 
     board: Board
+    max_cached: int = 8  # textures kept (one per scale and blur)
     _textures: dict = field(default_factory=dict, repr=False)
 
     def sample(self, model: CameraModel, R: np.ndarray, t: np.ndarray, blur_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,38 +61,43 @@ class BoardRenderer:
         cover = np.zeros_like(refl)
         if not inside.any():
             return refl, cover
-        # Metres of board per pixel: median over the board of the pixel footprint.
-        gx = np.abs(np.diff(xy[..., 0], axis=1))[inside[:, 1:] & inside[:, :-1]]
-        gy = np.abs(np.diff(xy[..., 1], axis=0))[inside[1:, :] & inside[:-1, :]]
-        footprint = float(np.median(np.concatenate([gx, gy]))) if gx.size + gy.size else 1e-3
-        ppm = float(np.clip(TEXELS_PER_PIXEL / footprint, 200.0, 20000.0))
-        ppm = 2.0 ** (np.round(np.log2(ppm) * 4) / 4)  # quantise so textures are reused
-        tex, alpha, tx0, ty0, scale = self._texture(ppm, (0.5 + blur_px) * TEXELS_PER_PIXEL * 0.75)
         ys, xs = np.nonzero(inside)
         r0, r1, c0, c1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         sub = xy[r0:r1, c0:c1]
+        sub_in = inside[r0:r1, c0:c1]
+        # Metres of board per pixel: median over the board of the pixel footprint.
+        gx = np.abs(np.diff(sub[..., 0], axis=1))[sub_in[:, 1:] & sub_in[:, :-1]]
+        gy = np.abs(np.diff(sub[..., 1], axis=0))[sub_in[1:, :] & sub_in[:-1, :]]
+        footprint = float(np.median(np.concatenate([gx, gy]))) if gx.size + gy.size else 1e-3
+        ppm = float(np.clip(TEXELS_PER_PIXEL / footprint, 200.0, 20000.0))
+        ppm = 2.0 ** (np.round(np.log2(ppm) * 4) / 4)  # quantise so textures are reused
+        sigma_px = float(np.hypot(0.4, blur_px))  # pixel-area integration (~box of 1 px) + optics
+        tex, tx0, ty0, scale = self._texture(ppm, sigma_px * TEXELS_PER_PIXEL)
         mx = ((sub[..., 0] - tx0) * scale - 0.5).astype(np.float32)
         my = ((sub[..., 1] - ty0) * scale - 0.5).astype(np.float32)
         mx[~np.isfinite(mx)] = -1e6
         my[~np.isfinite(my)] = -1e6
         refl[r0:r1, c0:c1] = cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
-        cover[r0:r1, c0:c1] = cv2.remap(alpha, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        # Coverage of the board's outline: signed distance to the edge in pixels, blurred like the texture.
+        with np.errstate(invalid="ignore"):
+            dist_m = np.minimum.reduce([sub[..., 0] - x0, x1 - sub[..., 0], sub[..., 1] - y0, y1 - sub[..., 1]])
+            edge = np.clip(dist_m / (footprint * 2.5 * sigma_px) + 0.5, 0.0, 1.0)
+        cover[r0:r1, c0:c1] = np.where(sub_in, edge, 0.0)
         return refl, cover
 
     def _texture(self, ppm: float, sigma_texels: float):
-        key = (ppm, round(sigma_texels, 2))
+        key = (ppm, round(sigma_texels, 1))
         if key not in self._textures:
             img, x0, y0 = self.board.texture(ppm)
             scale = max(4, int(round(self.board.spacing * ppm))) / self.board.spacing
-            pad = int(np.ceil(4 * sigma_texels)) + 2
-            tex = cv2.copyMakeBorder(img.astype(np.float32) / 255.0, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=1.0)
-            alpha = np.zeros_like(tex)
-            alpha[pad:-pad, pad:-pad] = 1.0
+            pad = int(np.ceil(3 * sigma_texels)) + 2
+            tex = cv2.copyMakeBorder(img.astype(np.float32) * np.float32(1 / 255.0), pad, pad, pad, pad,
+                                     cv2.BORDER_CONSTANT, value=1.0)
             if sigma_texels > 0:
                 tex = cv2.GaussianBlur(tex, (0, 0), sigma_texels)
-                alpha = cv2.GaussianBlur(alpha, (0, 0), sigma_texels)
-            self._textures.clear()  # keep one scale: boards are rendered view by view
-            self._textures[key] = (tex, alpha, x0 - pad / scale, y0 - pad / scale, scale)
+            while len(self._textures) >= self.max_cached:
+                self._textures.pop(next(iter(self._textures)))
+            self._textures[key] = (tex, x0 - pad / scale, y0 - pad / scale, scale)
         return self._textures[key]
 
 
@@ -159,7 +165,9 @@ def thermal_counts(temp_c: np.ndarray, thermal: ThermalSpec, rng: np.random.Gene
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
     vignette = 1.0 - thermal.vignetting * r2
-    signal = thermal.counts_per_kelvin * temp_c * vignette
+    # The lens vignettes the scene's flux relative to the camera interior, so the
+    # image darkens towards the corners only in proportion to (scene - housing).
+    signal = thermal.counts_per_kelvin * (thermal.housing_c + (temp_c - thermal.housing_c) * vignette)
     counts = thermal.offset_counts + signal
     if rng is not None:
         fpn = np.random.default_rng(fpn_seed)
