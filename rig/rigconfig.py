@@ -166,7 +166,7 @@ def parse_rig(data: object, path: Path | None = None) -> RigConfig:
         raise cams_node.error("a rig needs at least one camera")
     names = [c.name for c in cams]
     for i, c in enumerate(cams):
-        if names.count(c.name) > 1:
+        if c.name in names[:i]:
             raise RigError(f"duplicate camera name '{c.name}'", path=path, key=f"cameras[{i}].name")
     for role in ROLES:
         if sum(c.role == role for c in cams) > 1:

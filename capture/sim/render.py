@@ -150,16 +150,17 @@ def render_board_lwir(renderer: BoardRenderer, model: CameraModel, R: np.ndarray
     seed_rng = rng if rng is not None else np.random.default_rng(0)
     bg_t = look.background_c + _smooth_field(seed_rng, (h, w), cells=6) * 1.5
     temp = bg_t * (1.0 - cover) + board_t * cover
-    return thermal_counts(temp, thermal, rng, fpn_seed)
+    return thermal_counts(temp, thermal, rng, fpn_seed if rng is not None else None)
 
 
 def thermal_counts(temp_c: np.ndarray, thermal: ThermalSpec, rng: np.random.Generator | None,
-                   fpn_seed: int = 1234) -> np.ndarray:
+                   fpn_seed: int | None = 1234) -> np.ndarray:
     """Sensor model: apparent temperature (degC) -> 16-bit counts with vignetting and noise.
 
-    The fixed pattern (column/row offsets, per-pixel offsets) depends only on
-    ``fpn_seed``: it is the same in every frame of a camera, as in a real
-    microbolometer between flat-field corrections.
+    ``rng`` draws temporal noise (``None``: none). The fixed pattern (column/row
+    offsets, per-pixel offsets) depends only on ``fpn_seed`` (``None``: none): it
+    is the same in every frame of a camera, as in a real microbolometer between
+    flat-field corrections. Both ``None`` gives the ideal, noise-free image.
     """
     h, w = temp_c.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -169,12 +170,24 @@ def thermal_counts(temp_c: np.ndarray, thermal: ThermalSpec, rng: np.random.Gene
     # image darkens towards the corners only in proportion to (scene - housing).
     signal = thermal.counts_per_kelvin * (thermal.housing_c + (temp_c - thermal.housing_c) * vignette)
     counts = thermal.offset_counts + signal
+    if fpn_seed is not None:
+        counts = counts + fixed_pattern(thermal, (h, w), fpn_seed)
     if rng is not None:
-        fpn = np.random.default_rng(fpn_seed)
-        s = thermal.fixed_pattern_counts
-        counts = counts + fpn.normal(0, s * 0.6, (1, w)) + fpn.normal(0, s * 0.3, (h, 1)) + fpn.normal(0, s * 0.5, (h, w))
         counts = counts + rng.normal(0, thermal.temporal_noise_counts, (h, w))
     return np.clip(counts + 0.5, 0, 65535).astype(np.uint16)
+
+
+def fpn_seed_for(camera_name: str) -> int:
+    """Stable fixed-pattern seed of a simulated camera (same in every run and process)."""
+    return sum((i + 1) * ord(c) for i, c in enumerate(camera_name)) + 1234
+
+
+def fixed_pattern(thermal: ThermalSpec, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A microbolometer's fixed-pattern offsets: column stripes, row stripes and per-pixel offsets."""
+    h, w = shape
+    fpn = np.random.default_rng(seed)
+    s = thermal.fixed_pattern_counts
+    return fpn.normal(0, s * 0.6, (1, w)) + fpn.normal(0, s * 0.3, (h, 1)) + fpn.normal(0, s * 0.5, (h, w))
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:

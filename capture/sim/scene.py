@@ -368,7 +368,7 @@ def lwir_sensor(render: SceneRender, thermal: ThermalSpec, rng: np.random.Genera
     temp = render.temperature
     if thermal.blur_sigma_px > 0:
         temp = cv2.GaussianBlur(temp, (0, 0), thermal.blur_sigma_px)
-    return thermal_counts(temp, thermal, rng, fpn_seed)
+    return thermal_counts(temp, thermal, rng, fpn_seed if rng is not None else None)
 
 
 def drive_pose(z: float, yaw_deg: float = 0.0, pitch_deg: float = 3.0, x: float = EGO_LANE_X) -> tuple[np.ndarray, np.ndarray]:

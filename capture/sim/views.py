@@ -14,7 +14,7 @@ import numpy as np
 from rig.boards import Board
 from rig.camera_model import CameraModel
 from rig.rigconfig import CameraSpec, RigConfig, rotation_from_vector_deg
-from rig.capture.sim.render import (BoardRenderer, ThermalLook, VisibleLook, render_board_lwir,
+from rig.capture.sim.render import (BoardRenderer, ThermalLook, VisibleLook, fpn_seed_for, render_board_lwir,
                                     render_board_visible)
 
 
@@ -71,7 +71,7 @@ class BoardViewRenderer:
             Rc, tc = pose_in_camera(spec, R, t)
             if spec.role == "lwir":
                 img = render_board_lwir(self._renderer, model, Rc, tc, spec.sim.thermal, rng, self.thermal_look,
-                                        fpn_seed=_stable_seed(spec.name))
+                                        fpn_seed=fpn_seed_for(spec.name))
             else:
                 img = render_board_visible(self._renderer, model, Rc, tc, rng,
                                            VisibleLook(**{**self.visible_look.__dict__, "noise_std": spec.sim.noise_std}))
@@ -137,7 +137,3 @@ def board_pose_plan(rig: RigConfig, board: Board, n_views: int, seed: int = 0,
     if len(poses) < n_views:
         raise RuntimeError(f"could only plan {len(poses)} of {n_views} board poses for this rig")
     return poses
-
-
-def _stable_seed(name: str) -> int:
-    return sum((i + 1) * ord(c) for i, c in enumerate(name)) + 1234

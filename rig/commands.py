@@ -1,0 +1,114 @@
+"""Foundation sub-commands: ``rig board render``, ``rig check``, ``rig session info``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    board = sub.add_parser("board", help="calibration boards: render printable images")
+    board_sub = board.add_subparsers(dest="board_command", metavar="ACTION")
+    render = board_sub.add_parser("render", help="render a board at true scale for printing")
+    render.add_argument("board", help="board YAML file, or the name of a shipped board (ir_board, vis_board)")
+    render.add_argument("out", type=Path, help="output PNG")
+    render.add_argument("--dpi", type=float, default=300.0, help="printer resolution (default 300)")
+    render.set_defaults(handler=board_render)
+    board.set_defaults(handler=lambda args: board.print_help() or 2)
+
+    check = sub.add_parser("check", help="validate a rig file and list the cameras it can reach")
+    check.add_argument("--rig", default="sim", help="rig YAML file or shipped rig name (default: sim)")
+    check.add_argument("--no-connect", action="store_true", help="only validate the file, do not open cameras")
+    check.set_defaults(handler=rig_check)
+
+    session = sub.add_parser("session", help="inspect recorded sessions")
+    session_sub = session.add_subparsers(dest="session_command", metavar="ACTION")
+    info = session_sub.add_parser("info", help="frames per camera, duration, rates, drops, gaps and torn tail")
+    info.add_argument("session", type=Path)
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.set_defaults(handler=session_info)
+    session.set_defaults(handler=lambda args: session.print_help() or 2)
+
+
+def board_render(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rig.boards import load_board, write_png_with_dpi
+    from rig.errors import RigError
+
+    if args.dpi <= 0:
+        raise RigError(f"--dpi must be positive, got {args.dpi:g}")
+    board = load_board(args.board)
+    img = board.render_printable(args.dpi)
+    write_png_with_dpi(args.out, img, args.dpi)
+    w_m, h_m = board.size_m()
+    Console().print(f"wrote {args.out}: {board.type} {board.cols}x{board.rows}, {img.shape[1]}x{img.shape[0]} px, "
+                    f"{w_m * 1000:.0f} x {h_m * 1000:.0f} mm at {args.dpi:g} dpi (print at 100 % scale)")
+    return 0
+
+
+def rig_check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rig.capture.camera import make_camera
+    from rig.rigconfig import load_rig
+
+    rig = load_rig(args.rig)
+    console = Console()
+    console.print(f"[bold]{rig.name}[/]: {rig.description or ''} ({rig.source})", highlight=False)
+    table = Table("camera", "role", "driver", "format", "fps", "sync", "status")
+    failures = 0
+    for spec in rig.cameras:
+        status = "not checked"
+        if not args.no_connect:
+            try:
+                with make_camera(spec) as cam:
+                    info = cam.info()
+                    status = f"[green]ok[/] {info.vendor} {info.model} s/n {info.serial}"
+            except Exception as exc:  # noqa: BLE001 - any driver failure is reported per camera
+                failures += 1
+                status = f"[red]unreachable[/]: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        sync = spec.sync.mode + (f" (master {spec.sync.master})" if spec.sync.master else "")
+        table.add_row(spec.name, spec.role, spec.driver, f"{spec.pixel_format} {spec.width}x{spec.height}",
+                      f"{spec.fps:g}", sync, status)
+    console.print(table)
+    console.print(f"output {rig.output_size[0]}x{rig.output_size[1]}, working plane {rig.plane_distance_m:g} m, "
+                  f"calibration {rig.calibration or '(none)'}", highlight=False)
+    return 1 if failures else 0
+
+
+def session_info(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from rig.session import SessionReader
+
+    with SessionReader(args.session) as reader:
+        summary = reader.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    console = Console()
+    status = summary["status"]
+    note = {"complete": "[green]complete[/]", "recording": "[yellow]not finalised (recorder killed or crashed)[/]",
+            "aborted": "[red]aborted[/]"}[status]
+    console.print(f"[bold]{summary['path']}[/]  rig {summary['rig']}  {summary['software']}  status {note}", highlight=False)
+    table = Table("camera", "format", "frames", "duration s", "fps (nominal)", "missing", "gaps", "drops", "flagged",
+                  "torn tail")
+    for name, c in summary["cameras"].items():
+        torn = f"{c['torn_tail_bytes']} B" if c["torn_tail_bytes"] else "-"
+        if c["recovered"]:
+            torn += f" ({c['recovered']} recovered)"
+        table.add_row(name, c["format"], str(c["frames"]), f"{c['duration_s']:.2f}",
+                      f"{c['fps_measured']:.2f} ({c['fps_nominal']:g})", str(c["missing_by_counter"]), str(c["gaps"]),
+                      str(summary["drops"].get(name, 0)), str(c["flagged"]), torn)
+    console.print(table)
+    for name, c in summary["cameras"].items():
+        for problem in c["corrupt"]:
+            console.print(f"[red]{name}: {problem}[/]")
+    if summary["bad_event_lines"]:
+        console.print(f"[yellow]events.jsonl: {summary['bad_event_lines']} unreadable line(s)[/]")
+    return 0
