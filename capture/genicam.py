@@ -155,6 +155,8 @@ class GenicamCamera(Camera):
     def _grab(self, timeout_s: float) -> Frame | None:
         from genicam.gentl import GenericException, TimeoutException
 
+        if self._ia is None:  # an earlier reconnect failed
+            raise CameraError(f"{self.name}: device lost and not found again; close and reopen the camera")
         try:
             with self._ia.fetch(timeout=max(timeout_s, 0.001)) as buf:
                 host_ns, wall_ns = now_ns()
