@@ -1,0 +1,117 @@
+"""Inference API used by the rest of the rig (registration writes Fusion/, Label/, Color/).
+
+    from rig.model import load_model, fuse_and_segment
+    model = load_model()                       # bundled CPU weights
+    fused, labels = fuse_and_segment(visible_rgb, lwir8, model)
+
+Images are NumPy ``uint8``: visible ``(H, W, 3)`` RGB or ``(B, H, W, 3)``;
+LWIR ``(H, W)`` or ``(B, H, W)`` (8-bit, e.g. the registration's ``lwir8``).
+Outputs: fused RGB ``uint8`` of the visible's shape, labels ``uint8`` ``(H, W)``
+or ``(B, H, W)`` with class ids (:data:`~rig.model.classes.FMB_CLASSES` for the
+bundled model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from rig.errors import RigError
+
+MODEL_VERSION = "segmif-cpu-sim-0.1"
+BUNDLED_WEIGHTS = "segmif_cpu.pt"
+MIN_SIZE = 32
+
+
+def bundled_weights_path() -> Path:
+    """Path of the weights shipped with the package (``rig/model/weights/segmif_cpu.pt``)."""
+    return Path(str(resources.files("rig.model"))) / "weights" / BUNDLED_WEIGHTS
+
+
+def resolve_device(device: str | None = None) -> "torch.device":  # noqa: F821
+    """``None``/``"auto"`` -> CUDA when present, else CPU; otherwise ``torch.device(device)``."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise RigError(f"invalid device: {exc}", key="device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RigError("CUDA was requested but no CUDA device is available", key="device")
+    return dev
+
+
+def load_model(path: str | Path | None = None, device: str | None = "cpu"):
+    """Load a SegMiF checkpoint (default: the bundled weights) in eval mode on ``device``."""
+    from rig.model.checkpoint import model_from_checkpoint
+
+    path = bundled_weights_path() if path is None else Path(path)
+    return model_from_checkpoint(path).to(resolve_device(device))
+
+
+def check_pair(visible: np.ndarray, lwir: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Validate a visible/LWIR pair or batch; returns ``(visible (B,H,W,3), lwir (B,H,W), batched)``."""
+    visible, lwir = np.asarray(visible), np.asarray(lwir)
+    for name, arr in (("visible", visible), ("lwir", lwir)):
+        if arr.dtype != np.uint8:
+            hint = " (16-bit counts: pass the 8-bit normalised image, e.g. the registration's lwir8)" \
+                if arr.dtype == np.uint16 else ""
+            raise RigError(f"expected an 8-bit (uint8) image, got {arr.dtype}{hint}", key=name)
+    if visible.ndim not in (3, 4) or visible.shape[-1] != 3:
+        raise RigError(f"expected RGB of shape (H, W, 3) or (B, H, W, 3), got {visible.shape}", key="visible")
+    batched = visible.ndim == 4
+    if lwir.ndim == visible.ndim and lwir.shape[-1] == 1:
+        lwir = lwir[..., 0]
+    if lwir.ndim != visible.ndim - 1:
+        raise RigError(f"expected shape {'(B, H, W)' if batched else '(H, W)'} to match visible {visible.shape}, "
+                       f"got {lwir.shape}", key="lwir")
+    if lwir.shape != visible.shape[:-1]:
+        raise RigError(f"pair sizes differ: visible {visible.shape[:-1]} vs lwir {lwir.shape} "
+                       "(register the pair first)", key="lwir")
+    h, w = visible.shape[-3:-1]
+    if min(h, w) < MIN_SIZE:
+        raise RigError(f"image too small: {w}x{h}, need at least {MIN_SIZE}x{MIN_SIZE}", key="visible")
+    if not batched:
+        visible, lwir = visible[None], lwir[None]
+    return visible, lwir, batched
+
+
+def fuse_and_segment(visible: np.ndarray, lwir: np.ndarray, model=None, *, device: str | None = None,
+                     precision: str = "fp32", batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse and segment registered pairs in one call (see the module doc for shapes).
+
+    Args:
+        model: a loaded model; ``None`` loads the bundled weights (load once and
+            pass it in when processing many pairs).
+        device: where to run; default: the model's device.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast; CPU or CUDA).
+        batch_size: pairs per forward pass.
+    """
+    import torch
+
+    if precision not in ("fp32", "bf16"):
+        raise RigError(f"precision must be 'fp32' or 'bf16', got {precision!r}", key="precision")
+    vis, ir, batched = check_pair(visible, lwir)
+    if model is None:
+        model = load_model(device=device or "cpu")
+    dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    model = model.to(dev).eval()
+    fused_out = np.empty_like(vis)
+    labels_out = np.empty(vis.shape[:-1], dtype=np.uint8)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        for i in range(0, len(vis), batch_size):
+            v = torch.from_numpy(vis[i:i + batch_size]).to(dev).permute(0, 3, 1, 2).float() / 255.0
+            t = torch.from_numpy(ir[i:i + batch_size]).to(dev)[:, None].float() / 255.0
+            out = model(v, t)
+            fused = (out.fused_rgb.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+            fused_out[i:i + batch_size] = fused.permute(0, 2, 3, 1).cpu().numpy()
+            labels_out[i:i + batch_size] = out.logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+    if not batched:
+        return fused_out[0], labels_out[0]
+    return fused_out, labels_out

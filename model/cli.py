@@ -1,0 +1,183 @@
+"""``rig train`` and ``rig eval``: train SegMiF, evaluate a model.
+
+Torch is imported inside the handlers so that ``rig --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from rig.errors import RigError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    return w, h
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train SegMiF (interactive fusion + segmentation training)",
+        description="Train SegMiF with the paper's alternating scheme: per round, segmentation iterations on the "
+                    "fused images, then fusion iterations with dynamically weighted fusion + segmentation losses. "
+                    "Multi-GPU: torchrun --nproc_per_node=N -m rig.cli train ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, simulator cache)")
+    p.add_argument("--model", default="cpu", help="model config: cpu, paper, segmif_b0..segmif_b5, tiny")
+    p.add_argument("--classes", default="fmb", choices=("fmb", "mfnet"), help="class set")
+    p.add_argument("--data", action="append", default=[], metavar="ROOT",
+                   help="labelled dataset (FMB, MSRS, MFNet layout or the rig's registered output); repeatable")
+    p.add_argument("--unlabelled", action="append", default=[], metavar="ROOT",
+                   help="unlabelled pairs, used in fusion iterations only (e.g. RoadScene); repeatable")
+    p.add_argument("--split", default="train", help="split sub-folder of the datasets")
+    p.add_argument("--sim", type=int, default=0, metavar="N", help="add N labelled simulator scenes")
+    p.add_argument("--sim-size", type=_size, default=(400, 300), metavar="WxH", help="simulator render size")
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--seg-iters", type=int, default=10_000, help="segmentation iterations per round")
+    p.add_argument("--fusion-iters", type=int, default=5_000, help="fusion iterations per round")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=360, help="random crop size")
+    p.add_argument("--seg-lr", type=float, default=8e-5)
+    p.add_argument("--seg-warmup-iters", type=int, default=3_000)
+    p.add_argument("--fusion-lr", type=float, default=1e-4)
+    p.add_argument("--grad-weight", type=float, default=100.0, help="η of the gradient term in L_f")
+    p.add_argument("--dwa-window", type=int, default=50, help="fusion iterations per dynamic-weight update")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--init", default=None, metavar="CKPT", help="start from these weights")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--export", default=None, metavar="PATH", help="also write the final weights (no training state) here")
+    p.set_defaults(handler=run_train)
+
+    e = subparsers.add_parser(
+        "eval", help="evaluate SegMiF: segmentation mAcc/mIoU and fusion EN/SD/SF/SCD/MI/Qabf",
+        description="Evaluate a model on a dataset. Segmentation metrics need labels; fusion metrics are compared "
+                    "with averaging and max-selection baselines on the same pairs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--weights", default=None, help="checkpoint (default: the bundled weights)")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="ROOT", help="dataset root (FMB, MSRS, MFNet, rig output or visible/+infrared/)")
+    src.add_argument("--sim", type=int, metavar="N", help="evaluate on N held-out simulator scenes")
+    e.add_argument("--split", default="test", help="split sub-folder")
+    e.add_argument("--layout", default="auto", help="auto, fmb, msrs, mfnet, roadscene")
+    e.add_argument("--sim-size", type=_size, default=(800, 600), metavar="WxH")
+    e.add_argument("--sim-seed", type=int, default=1_000_000, help="first seed of held-out simulator scenes")
+    e.add_argument("--sim-cache", default=None, help="where to render simulator scenes (default: a temp dir)")
+    e.add_argument("--limit", type=int, default=0, help="evaluate at most N pairs")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    e.set_defaults(handler=run_eval)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=False)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rig.model.api import MODEL_VERSION
+    from rig.model.train import TrainConfig, export_weights, train
+
+    cfg = TrainConfig(
+        out=args.out, model=args.model, classes=args.classes, labelled=args.data, unlabelled=args.unlabelled,
+        split=args.split, sim_scenes=args.sim, sim_size=args.sim_size, rounds=args.rounds,
+        seg_iters=args.seg_iters, fusion_iters=args.fusion_iters, batch_size=args.batch_size, crop=args.crop,
+        seg_lr=args.seg_lr, seg_warmup_iters=args.seg_warmup_iters, fusion_lr=args.fusion_lr,
+        grad_weight=args.grad_weight, dwa_window=args.dwa_window, seed=args.seed, workers=args.workers,
+        threads=args.threads, device=args.device, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, init=args.init,
+    )
+    try:
+        from rig.model.segmif import get_config
+
+        get_config(cfg.model)
+    except ValueError as exc:
+        raise RigError(str(exc), key="--model") from None
+    console = Console(stderr=True, highlight=False)
+    with _progress() as progress:
+        final = train(cfg, resume=args.resume, progress=progress, log=lambda s: progress.console.print(s, markup=False))
+    if args.export:
+        dest = export_weights(final, args.export, MODEL_VERSION)
+        console.print(f"exported weights: {dest} ({dest.stat().st_size / 1e6:.1f} MB)", markup=False)
+    return 0
+
+
+def _fmt(v: float, scale: float = 1.0) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * scale:.2f}"
+
+
+def print_results(result: dict, console) -> None:
+    """Tables of :func:`rig.model.evaluate.evaluate` results."""
+    from rich.table import Table
+
+    seg = result.get("segmentation")
+    if seg:
+        t = Table(title=f"Segmentation ({seg['pairs']} labelled pairs)")
+        for col in ("class", "Acc %", "IoU %"):
+            t.add_column(col, justify="left" if col == "class" else "right")
+        for name, acc, iou in zip(seg["classes"], seg["acc"], seg["iou"]):
+            t.add_row(name, _fmt(acc, 100), _fmt(iou, 100))
+        t.add_section()
+        t.add_row("mean (mAcc / mIoU)", _fmt(seg["macc"], 100), _fmt(seg["miou"], 100))
+        console.print(t)
+    t = Table(title=f"Fusion ({result['pairs']} pairs, higher is better)")
+    t.add_column("method")
+    metrics = list(next(iter(result["fusion"].values())))
+    for m in metrics:
+        t.add_column(m, justify="right")
+    for method, scores in result["fusion"].items():
+        t.add_row(method, *(f"{scores[m]:.3f}" for m in metrics))
+    console.print(t)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+    from rich.console import Console
+
+    from rig.model.api import load_model
+    from rig.model.data import find_pairs, render_sim_dataset
+    from rig.model.evaluate import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.weights, device=args.device)
+    console = Console(highlight=False)
+    with tempfile.TemporaryDirectory() as tmp, _progress() as progress:
+        if args.sim:
+            cache = Path(args.sim_cache or tmp)
+            task = progress.add_task("rendering scenes", total=args.sim)
+            render_sim_dataset(cache, args.sim, args.sim_size, seed=args.sim_seed,
+                               progress=lambda k: progress.update(task, completed=k))
+            records = find_pairs(cache, None, "fmb")[1][: args.sim]
+        else:
+            records = find_pairs(args.data, args.split, args.layout)[1]
+        if args.limit:
+            records = records[: args.limit]
+        task = progress.add_task("evaluating", total=len(records))
+        result = evaluate(model, records, device=args.device, precision=args.precision,
+                          on_sample=lambda k: progress.update(task, completed=k))
+    result["weights"] = str(args.weights or "bundled")
+    print_results(result, console)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {args.json}", markup=False)
+    return 0
