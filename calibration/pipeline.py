@@ -1,0 +1,308 @@
+"""The calibration pipeline: detect -> intrinsics -> coverage -> joint -> homography -> crop.
+
+Two entry points, both pure (no printing; progress through a callback):
+
+* :func:`detect_views`: run the detector over a :class:`~rig.calibration.sources.ViewSource`,
+  checking bad input (mixed sizes, no board anywhere) as it goes.
+* :func:`solve`: everything after detection, from board points alone (the
+  accuracy tests feed it ground-truth corners plus noise).
+
+Bad input raises :class:`CalibrationError` (a :class:`~rig.errors.RigError`)
+carrying the partial :class:`CalibrationRun`, so the CLI can write a partial
+report of what was found.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from rig import __version__
+from rig.boards import Board
+from rig.calibration import homography as hg
+from rig.calibration.coverage import Coverage, analyse_coverage
+from rig.calibration.detect import Detection, count_boards_hint, detect
+from rig.calibration.intrinsics import IntrinsicsOptions, IntrinsicsResult, ViewPoints, calibrate_intrinsics, undistort_pixels
+from rig.calibration.results import Calibration, CameraCalibration, Extrinsics, Homography, Registration
+from rig.calibration.sources import ViewSource
+from rig.calibration.stereo import StereoResult, stereo_calibrate
+from rig.errors import RigError
+
+Progress = Callable[[str, int, int], None]  # (task, done, total)
+
+
+class CalibrationError(RigError):
+    """A user-input problem found during calibration; ``partial`` holds what was found so far."""
+
+    def __init__(self, message: str, partial: "CalibrationRun | None" = None, **kw):
+        super().__init__(message, **kw)
+        self.partial = partial
+
+
+@dataclass
+class ViewRecord:
+    """What happened to one image."""
+
+    view: str
+    camera: str
+    status: str  # "ok" | "no board" | "missing"
+    reason: str = ""
+    detection: Detection | None = None
+    image_size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """Pipeline settings.
+
+    ``intrinsics_for``: cameras whose intrinsics are computed now (``None``: all
+    with views); the others come from ``existing``. ``plane``: ``"rig"`` (the
+    rig file's distance), ``"data"`` (open3d RANSAC plane through the boards),
+    or a number (metres). ``homography``: which H is stored: ``"plane"``,
+    ``"ransac"`` or ``"best"`` (the better on held-out boards).
+    """
+
+    intrinsics: IntrinsicsOptions = IntrinsicsOptions()
+    intrinsics_for: tuple[str, ...] | None = None
+    plane: str | float = "rig"
+    rig_plane_distance_m: float = 15.0
+    homography: str = "plane"
+    output_size: tuple[int, int] = (800, 600)
+    holdout_every: int = 5
+    thermal_retries: bool = True
+    detectors: tuple[str, ...] = ("sb", "classic")
+
+
+@dataclass
+class CalibrationRun:
+    """Everything one run found and computed (the report is drawn from it)."""
+
+    board: Board
+    source: ViewSource | None = None
+    records: dict[str, list[ViewRecord]] = field(default_factory=dict)
+    points: dict[str, dict[str, ViewPoints]] = field(default_factory=dict)
+    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    intrinsics: dict[str, IntrinsicsResult] = field(default_factory=dict)
+    cameras: dict[str, CameraCalibration] = field(default_factory=dict)
+    coverage: dict[str, Coverage] = field(default_factory=dict)
+    stereo: StereoResult | None = None
+    homography: Homography | None = None
+    homographies: dict[str, np.ndarray] = field(default_factory=dict)
+    held_out: dict = field(default_factory=dict)
+    plane_fit: dict | None = None
+    registration: Registration | None = None
+    parallax: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    calibration: Calibration | None = None
+
+    def detected(self, camera: str) -> int:
+        return sum(r.status == "ok" for r in self.records.get(camera, []))
+
+
+# --------------------------------------------------------------------------- detection
+def detect_views(source: ViewSource, board: Board, options: CalibrateOptions = CalibrateOptions(),
+                 progress: Progress | None = None, run: CalibrationRun | None = None) -> CalibrationRun:
+    """Detect the board in every image of ``source``; fills ``records``, ``points``, ``image_sizes``."""
+    run = run or CalibrationRun(board, source)
+    t0 = time.perf_counter()
+    obj_all = board.object_points()
+    total = len(source.views) * len(source.cameras)
+    done = 0
+    for cam in source.cameras:
+        run.records.setdefault(cam, [])
+        run.points.setdefault(cam, {})
+    for view in source.views:
+        for cam in source.cameras:
+            done += 1
+            try:
+                img = source.load(view, cam)
+            except RigError as exc:
+                raise CalibrationError(exc.message, run, path=exc.path, key=exc.key) from None
+            if img is None:
+                run.records[cam].append(ViewRecord(view, cam, "missing"))
+                continue
+            size = (int(img.shape[1]), int(img.shape[0]))
+            if cam in run.image_sizes and run.image_sizes[cam] != size:
+                first = next(r for r in run.records[cam] if r.image_size)
+                where = source.files.get((view, cam))
+                raise CalibrationError(
+                    f"mixed image sizes for {cam}: '{view}' is {size[0]}x{size[1]} but '{first.view}' is "
+                    f"{run.image_sizes[cam][0]}x{run.image_sizes[cam][1]}", run, path=where)
+            run.image_sizes[cam] = size
+            out = detect(img, board, thermal=(cam == "lwir"), detectors=options.detectors,
+                         retries=options.thermal_retries)
+            if out.detection is None:
+                run.records[cam].append(ViewRecord(view, cam, "no board", out.reason, None, size))
+            else:
+                d = out.detection
+                run.records[cam].append(ViewRecord(view, cam, "ok", "", d, size))
+                run.points[cam][view] = ViewPoints(view, d.image_points, obj_all[d.ids], d.ids)
+            if progress:
+                progress("detect", done, total)
+    run.timings["detect_s"] = time.perf_counter() - t0
+    if all(run.detected(c) == 0 for c in source.cameras):
+        hint = ""
+        for cam in source.cameras:
+            for view in source.views[:3]:
+                img = source.load(view, cam)
+                if img is not None and (hint := count_boards_hint(img, board)):
+                    break
+            if hint:
+                break
+        what = f"{board.cols}x{board.rows} {board.type}" + (f" '{board.name}'" if board.name else "")
+        msg = f"no board ({what}) found in any of {len(source.views)} views"
+        raise CalibrationError(msg + (f": {hint}; does the board file match the images?" if hint else ""), run)
+    return run
+
+
+# --------------------------------------------------------------------------- solving
+def solve(run: CalibrationRun, options: CalibrateOptions = CalibrateOptions(), existing: Calibration | None = None,
+          progress: Progress | None = None) -> CalibrationRun:
+    """Intrinsics, coverage, joint calibration, homographies and crop from ``run.points``."""
+    t0 = time.perf_counter()
+    cams = [c for c in ("visible", "lwir") if c in run.points] + [c for c in run.points if c not in ("visible", "lwir")]
+    todo = [c for c in cams if options.intrinsics_for is None or c in options.intrinsics_for]
+    steps = len(todo) + 2
+    for i, cam in enumerate(todo):
+        views = list(run.points[cam].values())
+        try:
+            res = calibrate_intrinsics(cam, views, run.image_sizes[cam], options.intrinsics)
+        except RigError as exc:
+            raise CalibrationError(exc.message, run) from None
+        run.intrinsics[cam] = res
+        run.cameras[cam] = CameraCalibration(cam, res.model, res.image_size, res.K, res.dist, res.rms_px, res.std,
+                                             len(res.views), run.board.name or None)
+        run.warnings.extend(str(d) for d in res.dropped)
+        cov = analyse_coverage(cam, res.image_size, {v.name: v.image_points for v in res.views}, res.poses)
+        run.coverage[cam] = cov
+        run.warnings.extend(cov.warnings)
+        if progress:
+            progress("solve", i + 1, steps)
+    for cam in cams:
+        if cam in run.intrinsics:
+            continue
+        if existing is None or cam not in existing.cameras:
+            raise CalibrationError(f"intrinsics of '{cam}' were not computed and no earlier calibration has them", run)
+        old = existing.cameras[cam]
+        if old.image_size != run.image_sizes[cam]:
+            raise CalibrationError(f"earlier calibration of '{cam}' is for {old.image_size[0]}x{old.image_size[1]} images, "
+                                   f"these are {run.image_sizes[cam][0]}x{run.image_sizes[cam][1]}", run)
+        run.intrinsics[cam] = _fixed_intrinsics(old, run.points[cam], options.intrinsics.model)
+    run.timings["intrinsics_s"] = time.perf_counter() - t0
+    if "visible" in run.intrinsics and "lwir" in run.intrinsics:
+        t1 = time.perf_counter()
+        _joint(run, options)
+        run.timings["joint_s"] = time.perf_counter() - t1
+    if progress:
+        progress("solve", steps, steps)
+    return run
+
+
+def _fixed_intrinsics(old: CameraCalibration, points: dict[str, ViewPoints], model: str) -> IntrinsicsResult:
+    """Intrinsics taken from an earlier calibration, with board poses from PnP."""
+    import cv2
+
+    poses = {}
+    views = []
+    for name, v in points.items():
+        und = undistort_pixels(v.image_points, old.K, old.dist, old.model)
+        ok, rvec, tvec = cv2.solvePnP(v.object_points, und, old.K, None)
+        if ok:
+            poses[name] = (cv2.Rodrigues(rvec)[0], tvec.ravel())
+            views.append(v)
+    return IntrinsicsResult(old.name, old.model, old.image_size, old.K, old.dist, old.rms_px or float("nan"),
+                            old.std or {}, {}, poses, views, {}, [])
+
+
+def _joint(run: CalibrationRun, options: CalibrateOptions) -> None:
+    vis, lw = run.intrinsics["visible"], run.intrinsics["lwir"]
+    vis_views = {v.name: v for v in vis.views}
+    lw_views = {v.name: v for v in lw.views}
+    try:
+        st = stereo_calibrate(vis, lw, vis_views, lw_views, min_views=max(3, min(options.intrinsics.min_views, 4)))
+    except RigError as exc:
+        raise CalibrationError(exc.message, run) from None
+    run.stereo = st
+    R, t = st.R, st.t
+    # Correspondences in undistorted pixels, per view.
+    corr = []
+    for a, b in st.pairs:
+        corr.append((a.name, undistort_pixels(b.image_points, lw.K, lw.dist, lw.model),
+                     undistort_pixels(a.image_points, vis.K, vis.dist, vis.model), a))
+    # Working plane distance.
+    plane_src, n = "rig", np.array([0.0, 0.0, 1.0])
+    if options.plane == "rig":
+        d = float(options.rig_plane_distance_m)
+    elif options.plane == "data":
+        pts3 = []
+        for a, _ in st.pairs:
+            Rb, tb = vis.poses[a.name]
+            pts3.append(a.object_points @ Rb.T + tb)
+        d, n, frac = hg.fit_plane_distance(np.concatenate(pts3))
+        plane_src = "data"
+        run.plane_fit = {"distance_m": d, "normal": [float(x) for x in n], "inlier_fraction": frac}
+    else:
+        d, plane_src = float(options.plane), "user"
+    H_plane = hg.plane_homography(vis.K, lw.K, R, t, d, n)
+    # Held-out comparison: RANSAC fitted on the other views.
+    k = max(2, options.holdout_every)
+    held = [c for i, c in enumerate(corr) if i % k == k - 1] or corr[-1:]
+    train = [c for c in corr if c not in held] or corr
+    src = np.concatenate([c[1] for c in train])
+    dst = np.concatenate([c[2] for c in train])
+    H_r, inl = hg.ransac_homography(src, dst)
+    H_all, _ = hg.ransac_homography(np.concatenate([c[1] for c in corr]), np.concatenate([c[2] for c in corr]))
+    hs, hd = np.concatenate([c[1] for c in held]), np.concatenate([c[2] for c in held])
+    # Crop first (with the plane H) to express errors at the output resolution.
+    crop = hg.registration_crop(vis.K, vis.dist, vis.image_size, lw.K, lw.dist, lw.image_size, H_plane,
+                                options.output_size, vis.model)
+    if crop[2] <= 0:
+        raise CalibrationError("the LWIR image warped into the visible image leaves no valid output area", run)
+    scale = options.output_size[0] / crop[2]
+    e_plane = hg.registration_error(H_plane, hs, hd, scale)
+    e_ransac = hg.registration_error(H_r, hs, hd, scale)
+    better = "plane" if e_plane.mean_px <= e_ransac.mean_px else "ransac"
+    run.held_out = {"views": [c[0] for c in held], "plane": e_plane.__dict__, "ransac": e_ransac.__dict__, "better": better,
+                    "ransac_inlier_fraction": float(inl.mean())}
+    method = better if options.homography == "best" else options.homography
+    H = H_plane if method == "plane" else H_all
+    if method != "plane":
+        crop = hg.registration_crop(vis.K, vis.dist, vis.image_size, lw.K, lw.dist, lw.image_size, H,
+                                    options.output_size, vis.model)
+    run.homographies = {"plane": H_plane, "ransac": H_all}
+    run.registration = Registration(tuple(options.output_size), crop)
+    run.parallax = hg.parallax_table(vis.K, lw.K, R, t, H, crop, options.output_size)
+    run.homography = Homography("lwir", "visible", H, d, method, plane_src, n,
+                                {kk: (vv if not isinstance(vv, dict) else {a: float(b) for a, b in vv.items()})
+                                 for kk, vv in run.held_out.items()},
+                                run.parallax, {"ransac" if method == "plane" else "plane": H_all if method == "plane" else H_plane})
+    if better != method:
+        run.warnings.append(f"the {better} homography registered held-out boards better "
+                            f"({getattr(e_plane if better == 'plane' else e_ransac, 'mean_px'):.2f} px vs "
+                            f"{getattr(e_ransac if better == 'plane' else e_plane, 'mean_px'):.2f} px); stored: {method} "
+                            f"(boards are near, the working plane is at {d:g} m)")
+
+
+def build_calibration(run: CalibrationRun) -> Calibration:
+    """The :class:`Calibration` of this run alone (see :func:`rig.calibration.results.merge`)."""
+    ext = None
+    if run.stereo is not None:
+        s = run.stereo
+        ext = Extrinsics("lwir", "visible", s.R, s.t, s.std_rotation_deg, s.std_translation_m, s.rms_px, s.epipolar_px)
+    return Calibration(dict(run.cameras), ext, run.homography, run.registration, {})
+
+
+def run_record(run: CalibrationRun) -> dict:
+    """The provenance entry of this run."""
+    import datetime as dt
+
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "software": f"rig {__version__}",
+            "board": run.board.name or str(run.board.source), "board_type": f"{run.board.cols}x{run.board.rows} {run.board.type}",
+            "source": run.source.description if run.source else "points",
+            "cameras_calibrated": sorted(run.cameras), "views_used": {c: len(r.views) for c, r in run.intrinsics.items()},
+            "joint_views": len(run.stereo.views) if run.stereo else 0,
+            "dropped": run.warnings[:0] + [w for w in run.warnings if "dropped" in w]}

@@ -1,0 +1,224 @@
+"""Where calibration views come from: the simulated rig, a recorded session, or image folders.
+
+A source is a :class:`ViewSource`: an ordered list of view names, the cameras
+(by role: ``visible``, ``lwir``), and ``load(view, camera)`` returning the image
+(8-bit gray/RGB or 16-bit gray) or ``None`` when that camera has no image for
+the view. Images are loaded lazily, one at a time; nothing is ever written to
+the user's inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from rig.errors import RigError
+
+IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp")
+
+
+@dataclass
+class ViewSource:
+    """Views of a board by one or two cameras.
+
+    ``loader(view, camera)`` returns the image or ``None``. ``files`` maps
+    ``(view, camera)`` to the file an image came from (folders only).
+    ``truth``: simulator ground truth per view (sim only), for reports and tests.
+    """
+
+    kind: str  # "sim" | "session" | "images"
+    description: str
+    views: list[str]
+    cameras: list[str]
+    loader: Callable[[str, str], np.ndarray | None]
+    files: dict[tuple[str, str], Path] = field(default_factory=dict)
+    truth: dict = field(default_factory=dict)
+
+    def load(self, view: str, camera: str) -> np.ndarray | None:
+        return self.loader(view, camera)
+
+
+# --------------------------------------------------------------------------- image folders
+def parse_images_args(values: list[str]) -> dict[str, Path]:
+    """``["visible=DIR", "lwir=DIR"]`` -> ``{"visible": Path, "lwir": Path}`` (validated)."""
+    out: dict[str, Path] = {}
+    for v in values:
+        if "=" not in v:
+            raise RigError(f"--images expects CAMERA=DIR (CAMERA is visible or lwir), got '{v}'")
+        cam, d = v.split("=", 1)
+        if cam not in ("visible", "lwir"):
+            raise RigError(f"--images: unknown camera '{cam}' (cameras are named by role: visible, lwir)")
+        if cam in out:
+            raise RigError(f"--images: camera '{cam}' given twice")
+        p = Path(d)
+        if not p.is_dir():
+            raise RigError("no such image folder", path=p)
+        out[cam] = p
+    return out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an 8/16-bit PNG/TIFF/JPG/PGM unchanged (colour as RGB); unreadable files raise RigError."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as exc:
+        raise RigError(f"cannot read image ({exc.strerror})", path=path) from None
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise RigError("unreadable image (not a PNG/TIFF/JPG/PGM OpenCV can decode)", path=path)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise RigError(f"unsupported pixel type {img.dtype} (need 8- or 16-bit)", path=path)
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = img[..., :3]
+        img = np.ascontiguousarray(img[..., ::-1]) if img.shape[2] == 3 else img[..., 0]
+    return img
+
+
+def folder_source(dirs: dict[str, Path]) -> ViewSource:
+    """Views from per-camera image folders, paired by file name (stem).
+
+    With two folders every name must appear in both; the error lists the
+    unmatched names. One folder alone is allowed (intrinsics only).
+    """
+    listing: dict[str, dict[str, Path]] = {}
+    for cam, d in dirs.items():
+        files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise RigError(f"no images ({', '.join(IMAGE_EXTS)}) in the {cam} folder", path=d)
+        stems: dict[str, Path] = {}
+        for p in files:
+            if p.stem in stems:
+                raise RigError(f"two images named '{p.stem}' ({stems[p.stem].name}, {p.name})", path=d)
+            stems[p.stem] = p
+        listing[cam] = stems
+    cams = list(dirs)
+    if len(cams) == 2:
+        a, b = listing[cams[0]], listing[cams[1]]
+        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        if only_a or only_b:
+            parts = []
+            if only_a:
+                parts.append(f"{len(only_a)} {cams[0]} image(s) without a {cams[1]} partner ({_few(only_a)})")
+            if only_b:
+                parts.append(f"{len(only_b)} {cams[1]} image(s) without a {cams[0]} partner ({_few(only_b)})")
+            raise RigError("unmatched pair names: " + "; ".join(parts) + "; pairs are matched by file name",
+                           path=dirs[cams[0]].parent)
+        names = sorted(a)
+    else:
+        names = sorted(listing[cams[0]])
+    files = {(v, c): listing[c][v] for c in cams for v in names if v in listing[c]}
+
+    def load(view: str, camera: str) -> np.ndarray | None:
+        p = files.get((view, camera))
+        return None if p is None else read_image(p)
+
+    desc = ", ".join(f"{c}={dirs[c]}" for c in cams)
+    return ViewSource("images", desc, names, cams, load, files)
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+# --------------------------------------------------------------------------- sessions
+def session_source(path: Path, max_views: int = 60) -> ViewSource:
+    """Views from a recorded session: time-matched visible/LWIR pairs (or one camera's frames).
+
+    At most ``max_views`` views, evenly spaced over the recording.
+    """
+    from rig.pixfmt import pixel_format, to_gray8
+    from rig.session import SessionReader
+
+    reader = SessionReader(path)
+    roles = {s.role: name for name, s in reader.cameras.items()}
+    cams = [r for r in ("visible", "lwir") if r in roles]
+    if not cams:
+        raise RigError("session has no visible or lwir camera", path=path)
+    recs: dict[str, dict] = {}
+    if len(cams) == 2:
+        pairs = reader.pairs(roles["visible"], roles["lwir"])
+        items = [(f"{p.a.seq:06d}", {"visible": p.a, "lwir": p.b}) for p in pairs]
+    else:
+        items = [(f"{r.seq:06d}", {cams[0]: r}) for r in reader.records(roles[cams[0]])]
+    if len(items) > max_views:
+        idx = np.unique(np.linspace(0, len(items) - 1, max_views).round().astype(int))
+        items = [items[i] for i in idx]
+    recs = dict(items)
+
+    def load(view: str, camera: str) -> np.ndarray | None:
+        rec = recs[view].get(camera)
+        if rec is None:
+            return None
+        img = reader.read(rec)
+        if pixel_format(rec.pixel_format).dtype != np.uint8:
+            return np.array(img)  # raw 16-bit: the thermal path normalises it robustly
+        return to_gray8(img, rec.pixel_format)
+
+    return ViewSource("session", str(path), list(recs), cams, load)
+
+
+# --------------------------------------------------------------------------- simulator
+def _render_chunk(args) -> list[tuple[int, dict, dict]]:
+    rig, board, poses, seeds, cameras, thermal_look = args
+    from rig.capture.sim.render import ThermalLook
+    from rig.capture.sim.views import BoardViewRenderer
+
+    r = BoardViewRenderer(rig, board, thermal_look=thermal_look or ThermalLook())
+    out = []
+    for (i, (R, t)), s in zip(poses, seeds):
+        v = r.render(R, t, np.random.default_rng(s), cameras)
+        out.append((i, v.images, v.corners))
+    return out
+
+
+def sim_source(rig, board, n_views: int = 40, seed: int = 0, cameras: list[str] | None = None,
+               workers: int | None = None, thermal_look=None, progress: Callable[[int], None] | None = None) -> ViewSource:
+    """Render ``n_views`` board views with the simulated rig (a pose plan), in a process pool.
+
+    Rendering happens up front (``progress(k)`` after each chunk); images stay in memory.
+    """
+    from rig.capture.sim.views import board_pose_plan
+
+    sim_cams = [c for c in rig.cameras if c.driver == "sim"]
+    if not sim_cams:
+        raise RigError("the rig has no simulated cameras; give --session or --images", path=rig.source)
+    names = [c.name for c in sim_cams if cameras is None or c.role in cameras or c.name in cameras]
+    poses = list(enumerate(board_pose_plan(rig, board, n_views, seed=seed, cameras=names)))
+    seeds = [seed * 1000 + i for i in range(n_views)]
+    workers = workers or max(1, min(os.cpu_count() or 1, 4))
+    chunks = max(1, min(n_views, workers * 3))
+    jobs = [(rig, board, poses[k::chunks], seeds[k::chunks], names, thermal_look) for k in range(chunks)]
+    images: dict[int, dict] = {}
+    corners: dict[int, dict] = {}
+    if workers == 1:
+        results = map(_render_chunk, jobs)
+        for res in results:
+            for i, im, co in res:
+                images[i], corners[i] = im, co
+            if progress:
+                progress(len(res))
+    else:
+        with ProcessPoolExecutor(workers) as ex:
+            for res in ex.map(_render_chunk, jobs):
+                for i, im, co in res:
+                    images[i], corners[i] = im, co
+                if progress:
+                    progress(len(res))
+    role = {c.name: c.role for c in sim_cams}
+    view_names = [f"sim{i:03d}" for i in range(n_views)]
+    by_name = {f"sim{i:03d}": {role[n]: img for n, img in images[i].items()} for i in range(n_views)}
+    truth = {f"sim{i:03d}": {"pose": poses[i][1], "corners": {role[n]: c for n, c in corners[i].items()}} for i in range(n_views)}
+
+    def load(view: str, camera: str) -> np.ndarray | None:
+        return by_name[view].get(camera)
+
+    cams = [role[n] for n in names]
+    return ViewSource("sim", f"simulated rig '{rig.name}', {n_views} views (seed {seed})", view_names, cams, load,
+                      truth=truth)
