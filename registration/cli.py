@@ -1,0 +1,58 @@
+"""``rig register`` and ``rig register-and-fuse``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("session", type=Path, help="recorded session directory")
+    p.add_argument("--calibration", type=Path, help="calibration.yaml (default: the session's, then the rig's)")
+    p.add_argument("--out", type=Path, help="output folder (default: SESSION-fmb next to the session)")
+    p.add_argument("--workers", type=int, default=2, help="threads for decode, warp and encode (default 2)")
+    p.add_argument("--every", type=int, default=1, metavar="K", help="register every K-th pair")
+    p.add_argument("--force", action="store_true", help="overwrite another run's outputs in --out")
+    p.add_argument("--contact-sheet", type=int, default=8, metavar="N", help="frames on the contact sheet (0: none)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    reg = sub.add_parser("register", help="session -> registered 800x600 visible/LWIR pairs (FMB layout)")
+    _common(reg)
+    reg.set_defaults(handler=lambda a: run(a, fuse=False))
+    fuse = sub.add_parser("register-and-fuse", help="register, then SegMiF fuse + segment every pair")
+    _common(fuse)
+    fuse.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    fuse.add_argument("--model", type=Path, help="SegMiF checkpoint (default: the bundled CPU weights)")
+    fuse.add_argument("--batch", type=int, default=2, help="pairs per model batch")
+    fuse.set_defaults(handler=lambda a: run(a, fuse=True))
+
+
+def run(args: argparse.Namespace, fuse: bool) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from rig.registration.pipeline import RegisterOptions, register_session
+
+    options = RegisterOptions(out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,
+                              force=args.force, fuse=fuse, device=getattr(args, "device", "cpu"),
+                              model_path=getattr(args, "model", None), batch_size=getattr(args, "batch", 2),
+                              contact_sheet_frames=args.contact_sheet)
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]register" + ("+fuse" if fuse else "")), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("pairs", total=None)
+        result = register_session(args.session, options, progress=lambda n: bar.advance(task, n))
+    report(result, Console())
+    return 0
+
+
+def report(result, console) -> None:
+    console.print(f"[bold green]{result.written}[/] pairs written to [bold]{result.out}[/] "
+                  f"({result.already_done} already done, {result.skipped_ffc} skipped during FFC, unpaired frames: "
+                  + ", ".join(f"{k} {v}" for k, v in result.unpaired.items()) + f") in {result.seconds:.1f} s "
+                  f"({result.pairs_per_second:.1f} pairs/s)", highlight=False)
+    for c in result.corrupt:
+        console.print(f"[yellow]skipped corrupt pair {c['index']}: {c['problem']}[/]", highlight=False)
+    if result.contact_sheet:
+        console.print(f"contact sheet: {result.contact_sheet}", highlight=False)

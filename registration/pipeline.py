@@ -1,0 +1,381 @@
+"""``rig register`` / ``rig register-and-fuse``: a session -> a registered FMB-style data set.
+
+Steps per pair: read both raw frames from the session, demosaic the visible one,
+``cv2.remap`` both through the registration tables (undistort + homography +
+crop + resize in one interpolation), write ``Visible/``, ``Infrared/``,
+``Infrared16/``; with fusion, run SegMiF on batches and write ``Fusion/``,
+``Label/``, ``Color/``.
+
+Parallelism: a thread pool decodes, warps and PNG-encodes (OpenCV releases the
+GIL), while the calling thread runs model inference on the frames already
+prepared, so the stages overlap.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rig.capture.camera import FrameFlags
+from rig.errors import RigError
+from rig.pixfmt import to_rgb
+from rig.registration.dataset import FUSE_DIRS, REGISTER_DIRS, OutputDataset, file_sha256, frame_name, write_png
+from rig.registration.geometry import RegistrationGeometry, RemapTables, coverage, remap_tables
+from rig.session import FrameRecord, Pair, SessionReader
+
+
+@dataclass(frozen=True)
+class RegisterOptions:
+    out: Path | None = None  # default: next to the session, "<name>-fmb"
+    calibration: Path | None = None  # default: the session's calibration reference, then the rig's
+    workers: int = 2
+    every: int = 1
+    force: bool = False
+    fuse: bool = False
+    device: str = "cpu"
+    model_path: Path | None = None
+    batch_size: int = 2
+    png_compression: int = 1
+    min_free_bytes: int = 256 << 20
+    contact_sheet_frames: int = 8
+    output_size: tuple[int, int] | None = None  # default: the calibration's
+
+
+@dataclass
+class RegisterResult:
+    out: Path
+    total_pairs: int = 0
+    written: int = 0
+    already_done: int = 0
+    skipped_ffc: int = 0
+    unpaired: dict = field(default_factory=dict)
+    corrupt: list = field(default_factory=list)
+    seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
+    status: str = "complete"
+    contact_sheet: Path | None = None
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int
+    pair: Pair
+
+
+@dataclass
+class _Prepared:
+    job: _Job
+    visible: np.ndarray  # RGB uint8
+    ir16: np.ndarray
+    ir8: np.ndarray
+
+
+class _StageClock:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        import threading
+
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, dt: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
+
+
+def find_calibration(reader: SessionReader, explicit: Path | None) -> Path:
+    """``--calibration``, else the session manifest's reference, else the rig file's ``calibration``."""
+    if explicit is not None:
+        if not Path(explicit).is_file():
+            raise RigError("calibration file not found", path=explicit)
+        return Path(explicit)
+    candidates = []
+    ref = reader.manifest.get("calibration")
+    if isinstance(ref, str) and ref:
+        p = Path(ref)
+        candidates.append(p if p.is_absolute() else reader.path / p)
+        candidates.append(Path(ref))
+    rig_file = reader.path / "rig.yaml"
+    if rig_file.is_file():
+        from rig.rigconfig import load_rig
+
+        try:
+            rig = load_rig(rig_file)
+            if rig.calibration is not None:
+                candidates.append(Path(rig.calibration))
+                candidates.append(Path("calibration") / f"{rig.name}.yaml")
+        except RigError:
+            pass
+    for c in candidates:
+        if c.is_file():
+            return c
+    looked = ", ".join(str(c) for c in candidates) or "nowhere (the session names no calibration)"
+    raise RigError(f"no calibration found (looked at: {looked}); pass --calibration FILE or run "
+                   "'rig calibrate --board ir_board.yaml' first", path=reader.path)
+
+
+def check_compatible(cal, reader: SessionReader, cal_path: Path) -> None:
+    """The calibration must be for this rig's cameras at this resolution."""
+    for role in ("visible", "lwir"):
+        stream = next((s for s in reader.cameras.values() if s.role == role), None)
+        if stream is None:
+            raise RigError(f"session has no {role} camera (cameras: {', '.join(reader.cameras)})", path=reader.path)
+        cam = cal.cameras.get(role)
+        if cam is None:
+            continue  # RegistrationGeometry reports what is missing
+        if tuple(cam.image_size) != (stream.width, stream.height):
+            raise RigError(f"calibrated for a {cam.image_size[0]}x{cam.image_size[1]} {role} camera, but the session's is "
+                           f"{stream.width}x{stream.height}: a calibration for another rig or resolution", path=cal_path)
+    runs = cal.provenance.get("runs") if isinstance(cal.provenance, dict) else None
+    rig_names = {r.get("rig") for r in runs or [] if isinstance(r, dict) and r.get("rig")}
+    session_rig = (reader.manifest.get("rig") or {}).get("name")
+    if rig_names and session_rig and session_rig not in rig_names:
+        raise RigError(f"calibrated for rig '{', '.join(sorted(rig_names))}', but the session was recorded with "
+                       f"rig '{session_rig}'", path=cal_path)
+
+
+def select_pairs(reader: SessionReader, every: int) -> tuple[list[_Job], int, dict]:
+    """Pairs to register, numbered stably; FFC-flagged pairs skipped and counted."""
+    vis = next(n for n, s in reader.cameras.items() if s.role == "visible")
+    ir = next(n for n, s in reader.cameras.items() if s.role == "lwir")
+    pairs = reader.pairs(vis, ir)
+    unpaired = {vis: len(reader.unpaired(vis, pairs)), ir: len(reader.unpaired(ir, pairs))}
+    jobs, ffc = [], 0
+    for i, p in enumerate(pairs):
+        if (p.a.flags | p.b.flags) & FrameFlags.FFC:
+            ffc += 1
+            continue
+        if i % every == 0:
+            jobs.append(_Job(i, p))
+    return jobs, ffc, unpaired
+
+
+def infrared_range(reader: SessionReader, jobs: list[_Job], tables: RemapTables, samples: int = 16) -> tuple[int, int]:
+    """Session-wide [lo, hi] counts for the 8-bit infrared images (1st/99.5th percentiles of a sample)."""
+    picks = [jobs[int(i)] for i in np.linspace(0, len(jobs) - 1, min(samples, len(jobs)))]
+    values = []
+    for job in picks:
+        try:
+            img = reader.read(job.pair.b)
+        except RigError:
+            continue
+        warped = cv2.remap(img, tables.lwir_x, tables.lwir_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        values.append(warped[::4, ::4].ravel())
+    if not values:
+        return 0, 65535
+    lo, hi = np.percentile(np.concatenate(values), [1.0, 99.5])
+    return int(lo), int(max(hi, lo + 1))
+
+
+def register_session(session: str | Path, options: RegisterOptions = RegisterOptions(), progress=None) -> RegisterResult:
+    """Register (and optionally fuse and segment) every usable pair of a session."""
+    from rig.calibration.results import load_calibration
+
+    t_start = time.perf_counter()
+    reader = SessionReader(session)
+    try:
+        return _run(reader, options, progress, t_start, load_calibration)
+    finally:
+        reader.close()
+
+
+def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, load_calibration) -> RegisterResult:
+    if o.every < 1:
+        raise RigError(f"--every must be >= 1, got {o.every}")
+    cal_path = find_calibration(reader, o.calibration)
+    cal = load_calibration(cal_path)
+    check_compatible(cal, reader, cal_path)
+    geom = RegistrationGeometry.from_calibration(cal, o.output_size)
+    jobs, skipped_ffc, unpaired = select_pairs(reader, o.every)
+    if not jobs:
+        counts = ", ".join(f"{n} {len(reader.records(n))} frames" for n in reader.cameras)
+        raise RigError(f"session has no usable visible/LWIR pairs ({counts}; {skipped_ffc} pairs during FFC)",
+                       path=reader.path)
+    out = Path(o.out) if o.out else reader.path.parent / f"{reader.path.name}-fmb"
+    tables = remap_tables(geom)
+    model = None
+    model_version = None
+    if o.fuse:
+        from rig.model import MODEL_VERSION, load_model
+
+        model = load_model(o.model_path, device=o.device)
+        model_version = MODEL_VERSION if o.model_path is None else f"{o.model_path} sha256:{file_sha256(Path(o.model_path))[:16]}"
+    identity = {
+        "session": str(reader.path.resolve()),
+        "session_started_wall_ns": reader.manifest.get("started_wall_ns"),
+        "calibration_sha256": file_sha256(cal_path),
+        "output_size": list(geom.output_size),
+        "every": o.every,
+        "model": model_version,
+    }
+    ds = OutputDataset(out, identity)
+    done = ds.open(o.force, REGISTER_DIRS + (FUSE_DIRS if o.fuse else ()))
+    result = RegisterResult(out, total_pairs=len(jobs), skipped_ffc=skipped_ffc, unpaired=unpaired)
+    ir_range = tuple(ds.manifest.get("infrared_8bit", {}).get("range_counts", ())) or infrared_range(reader, jobs, tables)
+    cov_v, cov_l = coverage(tables, geom)
+    ds.write_manifest(
+        status="running", session=identity["session"], calibration=str(Path(cal_path).resolve()),
+        calibration_sha256=identity["calibration_sha256"], model_version=model_version,
+        output_size=list(geom.output_size), crop_visible_undistorted_px=list(geom.crop),
+        infrared_8bit={"range_counts": list(map(int, ir_range)),
+                       "mapping": "linear: 0 at range_counts[0], 255 at range_counts[1], clipped; bilinear warp"},
+        infrared_16bit="raw counts, nearest-neighbour warp (values bit-exact)",
+        coverage={"visible": cov_v, "lwir": cov_l},
+        counts={"pairs": len(jobs), "skipped_ffc": skipped_ffc, "unpaired": unpaired},
+    )
+    todo = [j for j in jobs if j.index not in done]
+    result.already_done = len(jobs) - len(todo)
+    clock = _StageClock()
+    lo, hi = ir_range
+    gain = 255.0 / (hi - lo)
+    stop_reason: str | None = None
+
+    def prepare(job: _Job) -> _Prepared | None:
+        t0 = time.perf_counter()
+        try:
+            raw_v, raw_l = reader.read(job.pair.a), reader.read(job.pair.b)
+        except RigError as exc:
+            result.corrupt.append({"index": job.index, "problem": str(exc)})
+            return None
+        t1 = time.perf_counter()
+        rgb = to_rgb(raw_v, job.pair.a.pixel_format)
+        vis = cv2.remap(rgb, tables.visible_x, tables.visible_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        ir16 = cv2.remap(raw_l, tables.lwir_x, tables.lwir_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        irf = cv2.remap(raw_l.astype(np.float32), tables.lwir_x, tables.lwir_y, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+        ir8 = np.clip((irf - lo) * gain + 0.5, 0, 255).astype(np.uint8)
+        t2 = time.perf_counter()
+        clock.add("read", t1 - t0)
+        clock.add("warp", t2 - t1)
+        return _Prepared(job, vis, ir16, ir8)
+
+    def write(p: _Prepared, fused: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
+        t0 = time.perf_counter()
+        name = frame_name(p.job.index)
+        if shutil.disk_usage(out).free < o.min_free_bytes:
+            raise _DiskFull()
+        write_png(out / "Visible" / name, cv2.cvtColor(p.visible, cv2.COLOR_RGB2BGR), o.png_compression)
+        write_png(out / "Infrared" / name, p.ir8, o.png_compression)
+        write_png(out / "Infrared16" / name, p.ir16, o.png_compression)
+        if fused is not None:
+            from rig.model import colorize
+
+            write_png(out / "Fusion" / name, cv2.cvtColor(fused, cv2.COLOR_RGB2BGR), o.png_compression)
+            write_png(out / "Label" / name, labels, o.png_compression)
+            write_png(out / "Color" / name, cv2.cvtColor(colorize(labels), cv2.COLOR_RGB2BGR), o.png_compression)
+        a, b = p.job.pair.a, p.job.pair.b
+        ds.log_frame({"index": p.job.index, "file": name,
+                      "visible": {"seq": a.seq, "frame_counter": a.frame_counter, "host_ns": a.host_ns, "wall_ns": a.wall_ns},
+                      "lwir": {"seq": b.seq, "frame_counter": b.frame_counter, "host_ns": b.host_ns, "wall_ns": b.wall_ns},
+                      "dt_ns": b.host_ns - a.host_ns})
+        clock.add("encode+write", time.perf_counter() - t0)
+
+    def prepare_and_write(job: _Job) -> int:
+        p = prepare(job)
+        if p is None:
+            return 0
+        write(p)
+        return 1
+
+    workers = max(1, o.workers)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="register") as pool:
+            if model is None:
+                pending: deque[Future] = deque()
+                for job in todo:
+                    pending.append(pool.submit(prepare_and_write, job))
+                    while len(pending) >= 2 * workers:
+                        result.written += _collect(pending.popleft(), progress)
+                while pending:
+                    result.written += _collect(pending.popleft(), progress)
+            else:
+                result.written += _fuse_loop(todo, pool, prepare, write, model, o, clock, progress)
+    except _DiskFull:
+        stop_reason = (f"stopped: less than {o.min_free_bytes >> 20} MiB free on the output disk; "
+                       "free space and rerun the same command to resume")
+    except OSError as exc:
+        if exc.errno != 28:  # ENOSPC
+            raise
+        stop_reason = "stopped: the output disk is full; free space and rerun the same command to resume"
+    finally:
+        ds.close()
+    result.seconds = time.perf_counter() - t_start
+    result.stage_seconds = dict(clock.seconds)
+    result.status = "complete" if stop_reason is None else "stopped"
+    if stop_reason is None and o.contact_sheet_frames > 0:
+        from rig.registration.contact_sheet import write_contact_sheet
+
+        t0 = time.perf_counter()
+        result.contact_sheet = write_contact_sheet(out, ds.frames(), o.contact_sheet_frames, geom)
+        result.stage_seconds["contact sheet"] = time.perf_counter() - t0
+    ds.write_manifest(status=result.status if stop_reason is None else stop_reason,
+                      counts={"pairs": len(jobs), "written_total": len(ds.completed()), "skipped_ffc": skipped_ffc,
+                              "unpaired": unpaired, "corrupt": result.corrupt})
+    if stop_reason is not None:
+        raise RigError(f"{stop_reason} ({len(ds.completed())} of {len(jobs)} frames done)", path=out)
+    return result
+
+
+class _DiskFull(Exception):
+    pass
+
+
+def _collect(fut: Future, progress) -> int:
+    n = fut.result()
+    if progress:
+        progress(1)
+    return n
+
+
+def _fuse_loop(todo, pool, prepare, write, model, o: RegisterOptions, clock: _StageClock, progress) -> int:
+    """Prepare in the pool, infer in this thread in batches, write in the pool: the stages overlap."""
+    from rig.model import fuse_and_segment
+
+    written = 0
+    prepared: deque[Future] = deque()
+    writes: deque[Future] = deque()
+    it = iter(todo)
+    ahead = max(2 * o.batch_size, 2 * o.workers)
+
+    def refill():
+        while len(prepared) < ahead:
+            job = next(it, None)
+            if job is None:
+                return
+            prepared.append(pool.submit(prepare, job))
+
+    refill()
+    while prepared:
+        batch = []
+        while prepared and len(batch) < o.batch_size:
+            p = prepared.popleft().result()
+            if p is not None:
+                batch.append(p)
+        refill()
+        if batch:
+            t0 = time.perf_counter()
+            fused, labels = fuse_and_segment(np.stack([p.visible for p in batch]), np.stack([p.ir8 for p in batch]), model)
+            clock.add("model", time.perf_counter() - t0)
+            for p, f, lab in zip(batch, fused, labels):
+                writes.append(pool.submit(write, p, f, lab))
+        while writes and (writes[0].done() or len(writes) > 2 * o.workers):
+            writes.popleft().result()
+            written += 1
+            if progress:
+                progress(1)
+    while writes:
+        writes.popleft().result()
+        written += 1
+        if progress:
+            progress(1)
+    return written

@@ -1,0 +1,52 @@
+"""Fixtures for registration tests: ground-truth calibrations and small recorded sim sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rig.calibration.homography import parallax_table, plane_homography, registration_crop
+from rig.calibration.results import (Calibration, CameraCalibration, Extrinsics, Homography, Registration,
+                                     save_calibration)
+from rig.capture.sim.camera import DriveWorld, make_sim_cameras
+from rig.rigconfig import RigConfig
+from rig.session import SessionWriter
+
+
+def lwir_to_visible(rig: RigConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth extrinsics ``X_v = R X_l + t`` of the sim rig (rig frame = visible frame)."""
+    l = rig.camera("lwir").sim
+    return l.R.T, -l.R.T @ l.t
+
+
+def truth_calibration(rig: RigConfig, path: Path, plane_m: float = 15.0, output_size=(800, 600)) -> Path:
+    """A calibration.yaml holding the simulator's ground truth (what a perfect `rig calibrate` would give)."""
+    v, l = rig.camera("visible"), rig.camera("lwir")
+    R, t = lwir_to_visible(rig)
+    H = plane_homography(v.sim.K, l.sim.K, R, t, plane_m)
+    crop = registration_crop(v.sim.K, v.sim.dist, v.resolution, l.sim.K, l.sim.dist, l.resolution, H, output_size)
+    par = parallax_table(v.sim.K, l.sim.K, R, t, H, crop, output_size)
+    cal = Calibration(
+        cameras={"visible": CameraCalibration("visible", "pinhole", v.resolution, v.sim.K, v.sim.dist, 0.0),
+                 "lwir": CameraCalibration("lwir", "pinhole", l.resolution, l.sim.K, l.sim.dist, 0.0)},
+        extrinsics=Extrinsics("lwir", "visible", R, t),
+        homography=Homography("lwir", "visible", H, plane_m, "plane", parallax_px=par),
+        registration=Registration(tuple(output_size), crop),
+        provenance={"runs": [{"rig": rig.name, "source": "simulator ground truth"}]},
+    )
+    return save_calibration(cal, path)
+
+
+def record_sim_session(rig: RigConfig, path: Path, seconds: float = 1.0, seed: int = 1, calibration: str | None = None,
+                       ffc_interval_s: float = 0.0) -> Path:
+    """Record ``seconds`` of simulated drive (simulated clock, as fast as it renders)."""
+    world = DriveWorld(rig, seed=seed, duration_s=max(seconds, 0.5), keyframe_hz=2.0, max_render_width=480)
+    cams = make_sim_cameras(rig, world, realtime=False, ffc_interval_s=ffc_interval_s)
+    with SessionWriter.create(path, rig, calibration=calibration) as w:
+        for cam in cams:
+            with cam:
+                cam.start()
+                for _ in range(int(round(seconds * cam.spec.fps))):
+                    w.write_frame(cam.grab())
+    return path

@@ -1,0 +1,241 @@
+"""Registration: accuracy against the simulator's ground truth, the FMB output, resume and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from rig.calibration.results import load_calibration
+from rig.capture.camera import FrameFlags
+from rig.errors import RigError
+from rig.registration.geometry import (RegistrationGeometry, output_to_raw_lwir, output_to_visible, raw_lwir_to_output,
+                                       remap_tables)
+from rig.registration.pipeline import RegisterOptions, register_session
+from rig.session import SessionReader
+
+sys.path.insert(0, str(Path(__file__).parent))
+from regfixtures import lwir_to_visible, record_sim_session, truth_calibration  # noqa: E402
+
+
+def true_misalignment(rig, geom: RegistrationGeometry, depth_m: float, grid: int = 25) -> np.ndarray:
+    """Output-px distance between where registration puts an LWIR pixel and where the visible camera sees
+    the same 3D point, for a fronto-parallel surface at ``depth_m`` (visible frame), from ground truth."""
+    from rig.capture.sim.views import camera_model
+
+    W, H = geom.output_size
+    u, v = np.meshgrid(np.linspace(0, W - 1, grid), np.linspace(0, H - 1, grid))
+    uv = np.stack([u.ravel(), v.ravel()], axis=1)
+    vis_model, ir_model = camera_model(rig.camera("visible")), camera_model(rig.camera("lwir"))
+    p_v = output_to_visible(geom, uv)  # undistorted visible px (the truth's K)
+    rays = np.c_[p_v, np.ones(len(p_v))] @ np.linalg.inv(vis_model.K).T
+    l = rig.camera("lwir").sim
+    if np.isinf(depth_m):
+        X_l = rays @ l.R.T  # points at infinity: direction only
+    else:
+        X_l = (rays * depth_m) @ l.R.T + l.t
+    p_l = ir_model.project(X_l)  # where the LWIR camera really sees that point (raw px)
+    return np.linalg.norm(raw_lwir_to_output(geom, p_l) - uv, axis=1)
+
+
+@pytest.fixture(scope="module")
+def truth_cal(sim_rig, tmp_path_factory):
+    return truth_calibration(sim_rig, tmp_path_factory.mktemp("cal") / "calibration.yaml")
+
+
+@pytest.fixture(scope="module")
+def recorded(sim_rig, tmp_path_factory, truth_cal):
+    path = tmp_path_factory.mktemp("sessions") / "drive"
+    return record_sim_session(sim_rig, path, seconds=0.5, calibration=str(truth_cal))
+
+
+def test_misalignment_at_working_plane_below_0_3_px(sim_rig, truth_cal):
+    geom = RegistrationGeometry.from_calibration(load_calibration(truth_cal))
+    err = true_misalignment(sim_rig, geom, 15.0)
+    assert err.max() < 0.3 and err.mean() < 0.05
+
+
+def test_misalignment_follows_the_parallax_table(sim_rig, truth_cal):
+    cal = load_calibration(truth_cal)
+    geom = RegistrationGeometry.from_calibration(cal)
+    table = cal.homography.parallax_px
+    for depth, expected in table.items():
+        measured = true_misalignment(sim_rig, geom, depth, grid=9).mean()
+        assert measured == pytest.approx(expected["mean"], rel=0.10, abs=0.05), depth
+    assert table[2.0]["mean"] > table[5.0]["mean"] > table[10.0]["mean"]  # parallax grows as objects come closer
+
+
+def test_remap_tables_trace_output_pixels_into_both_raw_images(sim_rig, truth_cal):
+    geom = RegistrationGeometry.from_calibration(load_calibration(truth_cal))
+    tables = remap_tables(geom)
+    uv = np.array([[0.0, 0.0], [400.0, 300.0], [799.0, 599.0]])
+    p_l = output_to_raw_lwir(geom, uv)
+    assert np.allclose(tables.lwir_x[uv[:, 1].astype(int), uv[:, 0].astype(int)], p_l[:, 0], atol=1e-3)
+    # Round trip through the forward map.
+    assert np.abs(raw_lwir_to_output(geom, p_l) - uv).max() < 1e-6
+    # No black borders: every output pixel lies inside both raw images.
+    assert tables.visible_x.min() >= 0 and tables.visible_x.max() <= 1919
+    assert tables.lwir_x.min() >= 0 and tables.lwir_x.max() <= 639 and tables.lwir_y.max() <= 511
+
+
+def test_register_writes_fmb_layout(recorded, tmp_path):
+    out = tmp_path / "out"
+    result = register_session(recorded, RegisterOptions(out=out, contact_sheet_frames=3))
+    assert result.written == 15 == result.total_pairs and result.status == "complete"
+    assert result.unpaired == {"visible": 0, "lwir": 15}
+    names = sorted(p.name for p in (out / "Visible").iterdir())
+    assert names == [f"{i:06d}.png" for i in range(15)]
+    vis = cv2.imread(str(out / "Visible" / names[3]), cv2.IMREAD_UNCHANGED)
+    ir8 = cv2.imread(str(out / "Infrared" / names[3]), cv2.IMREAD_UNCHANGED)
+    ir16 = cv2.imread(str(out / "Infrared16" / names[3]), cv2.IMREAD_UNCHANGED)
+    assert vis.shape == (600, 800, 3) and vis.dtype == np.uint8
+    assert ir8.shape == (600, 800) and ir8.dtype == np.uint8 and ir8.std() > 10
+    assert ir16.shape == (600, 800) and ir16.dtype == np.uint16
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    frames = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    f3 = next(f for f in frames if f["index"] == 3)
+    # Infrared16 is bit-exact: each output pixel is the raw LWIR pixel its table points at.
+    with SessionReader(recorded) as r:
+        raw = r.read(r.records("lwir")[f3["lwir"]["seq"]])
+        cal = load_calibration(manifest["calibration"])
+    tables = remap_tables(RegistrationGeometry.from_calibration(cal))
+    xs, ys = np.round(tables.lwir_x).astype(int), np.round(tables.lwir_y).astype(int)
+    assert np.array_equal(ir16, raw[ys, xs])
+    # 8-bit infrared follows the documented session-wide linear map.
+    lo, hi = manifest["infrared_8bit"]["range_counts"]
+    expect = np.clip((ir16.astype(float) - lo) * 255 / (hi - lo), 0, 255)
+    assert np.abs(ir8.astype(float) - expect).mean() < 3
+    assert manifest["status"] == "complete" and manifest["crop_visible_undistorted_px"] == list(cal.registration.crop)
+    assert abs(f3["dt_ns"]) < 1e9 / 60 and f3["visible"]["seq"] == 3
+    html = (out / "contact_sheet.html").read_text()
+    assert html.count("<img") == 3 * 3 and (out / "contact_sheet").is_dir()
+
+
+def test_rerun_resumes_and_refuses_another_runs_outputs(recorded, truth_cal, sim_rig, tmp_path):
+    out = tmp_path / "out"
+    register_session(recorded, RegisterOptions(out=out, contact_sheet_frames=0))
+    # Simulate a run killed after 5 frames: the log lists only those (plus a torn line).
+    lines = (out / "frames.jsonl").read_text().splitlines()
+    keep = sorted(lines, key=lambda s: json.loads(s)["index"])[:5]
+    (out / "frames.jsonl").write_text("\n".join(keep) + '\n{"index": 7, "fi')
+    stamp = (out / "Visible" / "000001.png").stat().st_mtime_ns
+    again = register_session(recorded, RegisterOptions(out=out, contact_sheet_frames=0))
+    assert again.already_done == 5 and again.written == 10
+    assert (out / "Visible" / "000001.png").stat().st_mtime_ns == stamp  # done frames untouched
+    # Another calibration = another run: refused without --force.
+    other = truth_calibration(sim_rig, tmp_path / "other.yaml", plane_m=30.0)
+    with pytest.raises(RigError, match="holds another run's outputs \\(differs in: calibration_sha256\\); use --force"):
+        register_session(recorded, RegisterOptions(out=out, calibration=other))
+    forced = register_session(recorded, RegisterOptions(out=out, calibration=other, force=True, contact_sheet_frames=0))
+    assert forced.written == 15 and forced.already_done == 0
+
+
+def test_killed_run_loses_at_most_the_frames_in_flight(recorded, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    code = ("import sys; from pathlib import Path; from rig.registration.pipeline import register_session, RegisterOptions;"
+            f"register_session({str(recorded)!r}, RegisterOptions(out=Path({str(out)!r}), workers=1, contact_sheet_frames=0))")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        log = out / "frames.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    listed = {json.loads(line)["index"] for line in (out / "frames.jsonl").read_text().splitlines() if line.endswith("}")}
+    for i in listed:  # every listed frame is complete
+        for d in ("Visible", "Infrared", "Infrared16"):
+            assert cv2.imread(str(out / d / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED) is not None
+    result = register_session(recorded, RegisterOptions(out=out, contact_sheet_frames=0))
+    assert result.already_done == len(listed) and result.already_done + result.written == 15
+
+
+def test_every_and_ffc_frames_are_skipped_and_counted(sim_rig, truth_cal, tmp_path):
+    session = record_sim_session(sim_rig, tmp_path / "s", seconds=1.0, calibration=str(truth_cal), ffc_interval_s=0.5)
+    with SessionReader(session) as r:
+        pairs = r.pairs()
+        ffc = [i for i, p in enumerate(pairs) if p.b.flags & FrameFlags.FFC]
+    assert ffc  # the sim camera ran FFCs during the recording
+    result = register_session(session, RegisterOptions(out=tmp_path / "o", every=2, contact_sheet_frames=0))
+    assert result.skipped_ffc == len(ffc)
+    expected = [i for i in range(len(pairs)) if i % 2 == 0 and i not in ffc]
+    frames = [json.loads(s) for s in (tmp_path / "o" / "frames.jsonl").read_text().splitlines()]
+    assert sorted(f["index"] for f in frames) == expected and result.written == len(expected)
+
+
+def test_bad_input_messages(sim_rig, recorded, truth_cal, tmp_path):
+    from rig.calibration.results import save_calibration
+    from dataclasses import replace
+
+    # Missing calibration.
+    session = tmp_path / "nocal"
+    shutil.copytree(recorded, session)
+    m = yaml.safe_load((session / "manifest.yaml").read_text())
+    m["calibration"] = None
+    (session / "manifest.yaml").write_text(yaml.safe_dump(m))
+    with pytest.raises(RigError, match="no calibration found .*pass --calibration FILE or run 'rig calibrate"):
+        register_session(session, RegisterOptions(out=tmp_path / "o1"))
+    with pytest.raises(RigError, match="calibration file not found"):
+        register_session(session, RegisterOptions(out=tmp_path / "o1", calibration=tmp_path / "none.yaml"))
+    # A calibration for another resolution.
+    cal = load_calibration(truth_cal)
+    v = cal.cameras["visible"]
+    small = replace(cal, cameras={**cal.cameras, "visible": replace(v, image_size=(1280, 960))})
+    other = save_calibration(small, tmp_path / "small.yaml")
+    with pytest.raises(RigError, match="calibrated for a 1280x960 visible camera, but the session's is 1920x1200"):
+        register_session(recorded, RegisterOptions(out=tmp_path / "o2", calibration=other))
+    # A session with no pairs: only LWIR frames.
+    lonely = tmp_path / "lonely"
+    shutil.copytree(recorded, lonely)
+    (lonely / "cameras" / "visible.frames").write_bytes(b"")
+    (lonely / "cameras" / "visible.index").write_bytes(b"")
+    with pytest.raises(RigError, match="session has no usable visible/LWIR pairs \\(visible 0 frames, lwir 30 frames"):
+        register_session(lonely, RegisterOptions(out=tmp_path / "o3"))
+    assert not (tmp_path / "o3").exists()
+
+
+def test_corrupt_frames_are_skipped_and_listed(recorded, tmp_path):
+    from rig.session import HEADER_SIZE
+
+    session = tmp_path / "corrupt"
+    shutil.copytree(recorded, session)
+    with SessionReader(session) as r:
+        rec = r.records("visible")[2]
+    with open(session / "cameras" / "visible.frames", "r+b") as f:
+        f.seek(rec.offset + 1000)
+        f.write(b"\x00\x01\x02\x03")
+    result = register_session(session, RegisterOptions(out=tmp_path / "o", contact_sheet_frames=0))
+    assert result.written == 14 and [c["index"] for c in result.corrupt] == [2]
+    assert "corrupt (CRC mismatch)" in result.corrupt[0]["problem"]
+    manifest = yaml.safe_load((tmp_path / "o" / "manifest.yaml").read_text())
+    assert manifest["counts"]["corrupt"][0]["index"] == 2
+
+
+def test_disk_full_stops_cleanly_and_resumes(recorded, tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(RigError, match="stopped: less than .* MiB free .*rerun the same command to resume \\(0 of 15"):
+        register_session(recorded, RegisterOptions(out=out, min_free_bytes=1 << 62))
+    assert yaml.safe_load((out / "manifest.yaml").read_text())["status"].startswith("stopped")
+    result = register_session(recorded, RegisterOptions(out=out, contact_sheet_frames=0))
+    assert result.written == 15
+
+
+def test_cli_register(recorded, tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "rig.cli", "register", str(recorded), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "15 pairs written" in proc.stdout and "contact sheet" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "rig.cli", "register", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no such session directory" in bad.stderr and "Traceback" not in bad.stderr
