@@ -183,10 +183,11 @@ def solve(run: CalibrationRun, options: CalibrateOptions = CalibrateOptions(), e
         if progress:
             progress("solve", i + 1, steps)
     for cam in cams:
-        if cam in run.intrinsics:
+        if cam in run.intrinsics or not run.points[cam]:
             continue
         if existing is None or cam not in existing.cameras:
-            raise CalibrationError(f"intrinsics of '{cam}' were not computed and no earlier calibration has them", run)
+            run.warnings.append(f"{cam}: views not used (intrinsics neither requested nor in the earlier calibration)")
+            continue
         old = existing.cameras[cam]
         if old.image_size != run.image_sizes[cam]:
             raise CalibrationError(f"earlier calibration of '{cam}' is for {old.image_size[0]}x{old.image_size[1]} images, "

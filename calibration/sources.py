@@ -179,18 +179,25 @@ def _render_chunk(args) -> list[tuple[int, dict, dict]]:
 
 
 def sim_source(rig, board, n_views: int = 40, seed: int = 0, cameras: list[str] | None = None,
-               workers: int | None = None, thermal_look=None, progress: Callable[[int], None] | None = None) -> ViewSource:
-    """Render ``n_views`` board views with the simulated rig (a pose plan), in a process pool.
+               workers: int | None = None, thermal_look=None, progress: Callable[[int], None] | None = None,
+               poses: list | None = None) -> ViewSource:
+    """Render ``n_views`` board views with the simulated rig, in a process pool.
 
+    ``poses``: rig-frame board poses; default :func:`rig.calibration.plan.coverage_pose_plan`
+    cycling over the cameras (each view keeps the board inside one camera, so
+    each camera's corners reach its image edges; views inside both are joint views).
     Rendering happens up front (``progress(k)`` after each chunk); images stay in memory.
     """
-    from rig.capture.sim.views import board_pose_plan
+    from rig.calibration.plan import coverage_pose_plan
 
     sim_cams = [c for c in rig.cameras if c.driver == "sim"]
     if not sim_cams:
         raise RigError("the rig has no simulated cameras; give --session or --images", path=rig.source)
     names = [c.name for c in sim_cams if cameras is None or c.role in cameras or c.name in cameras]
-    poses = list(enumerate(board_pose_plan(rig, board, n_views, seed=seed, cameras=names)))
+    if poses is None:
+        poses = coverage_pose_plan(rig, board, n_views, seed=seed, cameras=names)
+    n_views = len(poses)
+    poses = list(enumerate(poses))
     seeds = [seed * 1000 + i for i in range(n_views)]
     workers = workers or max(1, min(os.cpu_count() or 1, 4))
     chunks = max(1, min(n_views, workers * 3))

@@ -1,0 +1,289 @@
+"""report.html with PNGs, and rig.ply (open3d): what a calibration found and how good it is.
+
+Images are drawn with OpenCV (no plotting dependency): detections per view,
+reprojection-error scatter and per-view bars, coverage heat maps, an
+LWIR-over-visible checker blend, and a 3D scene of camera frusta and board poses.
+A partial report (bad input) shows only what was found.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rig.calibration import thermal as th
+
+
+def _bgr(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        img = th.to8(img)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def _thumb(img: np.ndarray, width: int = 320) -> np.ndarray:
+    s = width / img.shape[1]
+    return cv2.resize(img, (width, max(1, int(round(img.shape[0] * s)))), interpolation=cv2.INTER_AREA)
+
+
+def detection_sheet(run, camera: str, max_views: int = 24, width: int = 320) -> np.ndarray | None:
+    """Contact sheet: each view with its corners (green: used, red X: no board)."""
+    src = run.source
+    if src is None:
+        return None
+    tiles = []
+    for rec in run.records.get(camera, [])[:max_views]:
+        img = src.load(rec.view, camera)
+        if img is None:
+            continue
+        b = _bgr(img)
+        s = width / b.shape[1]
+        t = _thumb(b, width)
+        if rec.detection is not None:
+            for p in rec.detection.image_points * s:
+                cv2.circle(t, (int(round(p[0])), int(round(p[1]))), 2, (0, 220, 0), -1)
+        else:
+            cv2.line(t, (0, 0), (t.shape[1] - 1, t.shape[0] - 1), (0, 0, 255), 2)
+            cv2.line(t, (0, t.shape[0] - 1), (t.shape[1] - 1, 0), (0, 0, 255), 2)
+        cv2.putText(t, f"{rec.view} {rec.status}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
+        tiles.append(t)
+    if not tiles:
+        return None
+    h = max(t.shape[0] for t in tiles)
+    tiles = [cv2.copyMakeBorder(t, 0, h - t.shape[0], 0, 0, cv2.BORDER_CONSTANT) for t in tiles]
+    cols = 4
+    while len(tiles) % cols:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)]
+    return np.vstack(rows)
+
+
+def scatter_plot(residuals: dict[str, np.ndarray], size: int = 360) -> np.ndarray:
+    """Reprojection residuals (px) as a scatter around the origin with 0.5 px rings."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    allr = np.concatenate(list(residuals.values())) if residuals else np.zeros((0, 2))
+    lim = max(0.5, float(np.percentile(np.abs(allr), 99.5)) * 1.1 if len(allr) else 1.0)
+    c = size // 2
+    k = (size / 2 - 10) / lim
+    for r in np.arange(0.5, lim + 1e-9, 0.5):
+        cv2.circle(img, (c, c), int(r * k), (210, 210, 210), 1)
+    cv2.line(img, (c, 0), (c, size), (180, 180, 180), 1)
+    cv2.line(img, (0, c), (size, c), (180, 180, 180), 1)
+    for p in allr:
+        cv2.circle(img, (int(c + p[0] * k), int(c + p[1] * k)), 1, (200, 80, 0), -1)
+    cv2.putText(img, f"rings: 0.5 px; +-{lim:.2f} px", (6, size - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def bar_plot(values: dict[str, float], width: int = 720, height: int = 220, threshold: float | None = None) -> np.ndarray:
+    """Per-view RMS bars."""
+    img = np.full((height, width, 3), 255, np.uint8)
+    if not values:
+        return img
+    vmax = max(max(values.values()), threshold or 0) * 1.15 or 1.0
+    n = len(values)
+    bw = max(1, (width - 40) // n)
+    for i, (name, v) in enumerate(values.items()):
+        h = int((height - 30) * v / vmax)
+        cv2.rectangle(img, (30 + i * bw, height - 20 - h), (30 + (i + 1) * bw - 2, height - 20), (200, 120, 40), -1)
+    if threshold:
+        y = int(height - 20 - (height - 30) * threshold / vmax)
+        cv2.line(img, (30, y), (width, y), (0, 0, 255), 1)
+    cv2.putText(img, f"max {vmax / 1.15:.2f} px", (32, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def heat_map(cov, width: int = 360) -> np.ndarray:
+    """Coverage heat map (corner counts per cell) with the 3x3 grid."""
+    heat = cov.heat.astype(np.float32)
+    norm = (255 * heat / max(1.0, heat.max())).astype(np.uint8)
+    h = int(round(width * cov.image_size[1] / cov.image_size[0]))
+    img = cv2.applyColorMap(cv2.resize(norm, (width, h), interpolation=cv2.INTER_NEAREST), cv2.COLORMAP_INFERNO)
+    for k in (1, 2):
+        cv2.line(img, (width * k // 3, 0), (width * k // 3, h), (255, 255, 255), 1)
+        cv2.line(img, (0, h * k // 3), (width, h * k // 3), (255, 255, 255), 1)
+    return img
+
+
+def checker_blend(vis_img: np.ndarray, lwir_img: np.ndarray, cal, cells: int = 8) -> np.ndarray | None:
+    """Output-size checkerboard of undistorted visible and LWIR warped by H (registration preview)."""
+    if cal.homography is None or cal.registration is None:
+        return None
+    cv_, cl = cal.cameras["visible"], cal.cameras["lwir"]
+    if cv_.model != "pinhole" or cl.model != "pinhole":
+        return None
+    x, y, w, h = cal.registration.crop
+    ow, oh = cal.registration.output_size
+    s = ow / w
+    A = np.array([[s, 0, -s * x], [0, s, -s * y], [0, 0, 1]])  # visible undistorted px -> output px
+    v = cv2.undistort(_bgr(vis_img), cv_.K, cv_.dist)
+    l_und = cv2.undistort(_bgr(lwir_img), cl.K, cl.dist)
+    v_out = cv2.warpPerspective(v, A, (ow, oh))
+    l_out = cv2.warpPerspective(l_und, A @ cal.homography.H, (ow, oh))
+    yy, xx = np.mgrid[0:oh, 0:ow]
+    mask = ((xx * cells // ow + yy * cells // oh) % 2).astype(bool)
+    out = v_out.copy()
+    out[mask] = l_out[mask]
+    return out
+
+
+def write_ply(run, cal, path: Path) -> Path | None:
+    """rig.ply: camera frusta (lines) and board corner points per view, rig frame (open3d)."""
+    import open3d as o3d
+
+    pts, lines, colors = [], [], []
+
+    def frustum(K, size, R, t, scale, color):
+        # camera -> rig: X_rig = R X_cam + t
+        w, h = size
+        corners = [np.array([0, 0]), np.array([w, 0]), np.array([w, h]), np.array([0, h])]
+        base = len(pts)
+        pts.append(t)
+        for c in corners:
+            ray = np.linalg.inv(K) @ np.array([c[0], c[1], 1.0]) * scale
+            pts.append(R @ ray + t)
+        for a, b in ((0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (2, 3), (3, 4), (4, 1)):
+            lines.append([base + a, base + b])
+            colors.append(color)
+
+    if "visible" in cal.cameras:
+        c = cal.cameras["visible"]
+        frustum(c.K, c.image_size, np.eye(3), np.zeros(3), 0.3, [0.1, 0.6, 0.1])
+    if "lwir" in cal.cameras and cal.extrinsics is not None:
+        c = cal.cameras["lwir"]
+        frustum(c.K, c.image_size, cal.extrinsics.R, np.ravel(cal.extrinsics.t), 0.3, [0.8, 0.2, 0.1])
+    ls = o3d.geometry.LineSet(o3d.utility.Vector3dVector(np.array(pts)), o3d.utility.Vector2iVector(np.array(lines)))
+    ls.colors = o3d.utility.Vector3dVector(np.array(colors))
+    board_pts = []
+    ref = "visible" if "visible" in run.intrinsics else next(iter(run.intrinsics), None)
+    if ref is not None:
+        res = run.intrinsics[ref]
+        obj = run.board.object_points()
+        for name, (R, t) in res.poses.items():
+            P = obj @ R.T + t
+            if ref == "lwir" and cal.extrinsics is not None:
+                P = P @ cal.extrinsics.R.T + np.ravel(cal.extrinsics.t)
+            board_pts.append(P)
+    pc = o3d.geometry.PointCloud()
+    allp = np.concatenate([np.array(pts)] + board_pts) if board_pts else np.array(pts)
+    pc.points = o3d.utility.Vector3dVector(allp)
+    pc.colors = o3d.utility.Vector3dVector(np.vstack([np.tile([0.2, 0.2, 0.2], (len(pts), 1))] +
+                                                     [np.tile([0.1, 0.3, 0.9], (len(b), 1)) for b in board_pts]))
+    # PLY holds one geometry: write the points (frusta apexes/corners + board corners), and the line set beside it.
+    o3d.io.write_point_cloud(str(path), pc, write_ascii=True)
+    o3d.io.write_line_set(str(path.with_name(path.stem + "_frusta.ply")), ls, write_ascii=True)
+    return path
+
+
+def _fmt(x, nd=3):
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not math.isfinite(x):
+        return "n/a"
+    return f"{x:.{nd}f}" if isinstance(x, float) else html.escape(str(x))
+
+
+def write_report(run, cal, folder: str | Path, error: str | None = None) -> Path:
+    """Write ``report.html`` (+ ``report_files/*.png``, ``rig.ply``) into ``folder``; return the HTML path."""
+    folder = Path(folder)
+    files = folder / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    parts = ["<html><head><meta charset='utf-8'><title>rig calibration report</title>",
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+             "padding:2px 8px;text-align:right}.warn{color:#a60}.err{color:#c00;font-weight:bold}</style></head><body>",
+             "<h1>rig calibration report</h1>"]
+    if error:
+        parts.append(f"<p class='err'>Calibration stopped: {html.escape(error)}</p><p>Partial report: what was found before it stopped.</p>")
+    b = run.board
+    parts.append(f"<p>Board: {html.escape(b.name or str(b.source))} ({b.cols}x{b.rows} {b.type}, {b.spacing * 1000:g} mm). "
+                 f"Source: {html.escape(run.source.description if run.source else 'points')}</p>")
+
+    def img(name, image, caption):
+        if image is None:
+            return
+        cv2.imwrite(str(files / name), image)
+        parts.append(f"<figure><img src='report_files/{name}' style='max-width:100%'><figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    # Detection summary.
+    parts.append("<h2>Detections</h2><table><tr><th>camera</th><th>images</th><th>board found</th><th>no board</th><th>image size</th></tr>")
+    for cam, recs in run.records.items():
+        size = run.image_sizes.get(cam)
+        parts.append(f"<tr><td>{cam}</td><td>{sum(r.status != 'missing' for r in recs)}</td><td>{run.detected(cam)}</td>"
+                     f"<td>{sum(r.status == 'no board' for r in recs)}</td><td>{'x'.join(map(str, size)) if size else '-'}</td></tr>")
+    parts.append("</table>")
+    fails = [r for recs in run.records.values() for r in recs if r.status == "no board"]
+    if fails:
+        parts.append("<details><summary>views without a board</summary><ul>" +
+                     "".join(f"<li>{r.camera} {html.escape(r.view)}: {html.escape(r.reason)}</li>" for r in fails[:200]) + "</ul></details>")
+    for cam in run.records:
+        img(f"detections_{cam}.png", detection_sheet(run, cam), f"{cam}: detections (first views)")
+    # Intrinsics.
+    if run.intrinsics:
+        parts.append("<h2>Intrinsics</h2><table><tr><th>camera</th><th>model</th><th>fx</th><th>fy</th><th>cx</th><th>cy</th>"
+                     "<th>dist</th><th>RMS px</th><th>views</th></tr>")
+        for cam, r in run.intrinsics.items():
+            s = r.std or {}
+            parts.append(f"<tr><td>{cam}</td><td>{r.model}</td>" + "".join(
+                f"<td>{r.K[i, j]:.2f} &plusmn; {_fmt(s.get(k), 2)}</td>" for (i, j), k in (((0, 0), 'fx'), ((1, 1), 'fy'), ((0, 2), 'cx'), ((1, 2), 'cy')))
+                + f"<td>{' '.join(f'{x:.4f}' for x in r.dist)}</td><td>{_fmt(r.rms_px)}</td><td>{len(r.views)}</td></tr>")
+        parts.append("</table>")
+        for cam, r in run.intrinsics.items():
+            if r.residuals:
+                img(f"residuals_{cam}.png", scatter_plot(r.residuals), f"{cam}: reprojection residuals")
+                img(f"per_view_{cam}.png", bar_plot(r.per_view_rms), f"{cam}: per-view RMS (px)")
+            if cam in run.coverage:
+                cov = run.coverage[cam]
+                img(f"coverage_{cam}.png", heat_map(cov), f"{cam}: corner coverage ({cov.area_fraction:.0%} of the image; "
+                    f"max tilt {max(cov.tilts_deg.values(), default=0):.0f} deg)")
+    if run.warnings:
+        parts.append("<h2>Warnings and dropped data</h2><ul>" + "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in run.warnings) + "</ul>")
+    # Joint.
+    if run.stereo is not None:
+        s = run.stereo
+        rv, _ = cv2.Rodrigues(s.R)
+        parts.append("<h2>Extrinsics (X_visible = R X_lwir + t)</h2>"
+                     f"<p>rotation vector {np.degrees(rv.ravel()).round(4).tolist()} deg &plusmn; {s.std_rotation_deg.round(4).tolist()}; "
+                     f"t {(s.t * 1000).round(2).tolist()} mm &plusmn; {(s.std_translation_m * 1000).round(2).tolist()} mm; "
+                     f"baseline {s.baseline_m * 1000:.1f} mm; stereo RMS {s.rms_px:.3f} px; {len(s.views)} joint views</p>"
+                     f"<p>epipolar error: visible {s.epipolar_px['visible']['mean']:.3f} px mean, lwir {s.epipolar_px['lwir']['mean']:.3f} px mean</p>")
+    if run.homography is not None:
+        h = run.homography
+        ho = run.held_out
+        parts.append(f"<h2>Homography LWIR &rarr; visible (undistorted pixels)</h2><p>stored: <b>{h.method}</b>, working plane "
+                     f"{h.plane_distance_m:g} m ({h.plane_source})</p><table><tr><th>held-out boards</th><th>mean px</th><th>RMS px</th>"
+                     f"<th>mean px at output</th></tr>")
+        for k in ("plane", "ransac"):
+            parts.append(f"<tr><td>{k}</td><td>{ho[k]['mean_px']:.2f}</td><td>{ho[k]['rms_px']:.2f}</td><td>{ho[k]['mean_out_px']:.2f}</td></tr>")
+        parts.append(f"</table><p>better on held-out boards: <b>{ho['better']}</b> (boards are near; the plane homography is "
+                     f"exact only at {h.plane_distance_m:g} m)</p>")
+        parts.append("<h3>Parallax: misregistration at the output for objects at distance</h3><table><tr><th>distance</th><th>mean px</th><th>max px</th></tr>")
+        for z, e in (run.parallax or {}).items():
+            parts.append(f"<tr><td>{'infinity' if math.isinf(z) else f'{z:g} m'}</td><td>{e['mean']:.2f}</td><td>{e['max']:.2f}</td></tr>")
+        parts.append("</table>")
+        if run.registration is not None:
+            x, y, w, hh = run.registration.crop
+            parts.append(f"<p>registration crop (visible undistorted px): x {x:.0f}, y {y:.0f}, {w:.0f}x{hh:.0f} &rarr; "
+                         f"{run.registration.output_size[0]}x{run.registration.output_size[1]}</p>")
+        if run.source is not None and run.stereo is not None:
+            name = run.stereo.views[len(run.stereo.views) // 2]
+            vi, li = run.source.load(name, "visible"), run.source.load(name, "lwir")
+            if vi is not None and li is not None:
+                img("checker_blend.png", checker_blend(vi, li, cal), f"LWIR over visible, checker blend at the output ({name})")
+    if cal is not None and cal.cameras and not error:
+        try:
+            write_ply(run, cal, folder / "rig.ply")
+            parts.append("<p>3D: <code>rig.ply</code> (board corners and frustum corners) and <code>rig_frusta.ply</code> (frusta lines).</p>")
+        except Exception as exc:  # pragma: no cover - open3d I/O problems must not lose the report
+            parts.append(f"<p class='warn'>rig.ply not written: {html.escape(str(exc))}</p>")
+    if run.timings:
+        parts.append("<p>time: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.timings.items()) + "</p>")
+    parts.append("</body></html>")
+    path = folder / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
