@@ -1,0 +1,145 @@
+"""Checkpoints (bit-exact round trip, clear errors) and the inference API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rig.model as rm
+from rig.errors import RigError
+from rig.model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from rig.model.segmif import create_model
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    # make batch-norm statistics non-trivial so buffers are checked too
+    model.segmenter.decoder.fuse[1].running_mean.uniform_()
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, "test-1")
+
+
+def test_checkpoint_round_trip_is_bit_exact(tiny_ckpt: Path, tmp_path: Path) -> None:
+    original = read_checkpoint(tiny_ckpt)["state_dict"]
+    model = model_from_checkpoint(tiny_ckpt)
+    again = save_checkpoint(tmp_path / "again.pt", model, "test-1")
+    reloaded = read_checkpoint(again)
+    assert reloaded["model_version"] == "test-1"
+    assert reloaded["config"] == model.config.to_dict()
+    assert original.keys() == reloaded["state_dict"].keys()
+    for k, v in original.items():
+        assert torch.equal(v, reloaded["state_dict"][k]), k
+        assert v.dtype == reloaded["state_dict"][k].dtype
+    # and the loaded model computes exactly what a model with those weights computes
+    v, t = torch.rand(1, 3, 32, 40), torch.rand(1, 1, 32, 40)
+    with torch.inference_mode():
+        a = model(v, t)
+        b = model_from_checkpoint(again)(v, t)
+    assert torch.equal(a.fused_y, b.fused_y) and torch.equal(a.logits, b.logits)
+
+
+def test_checkpoint_is_weights_only_loadable(tiny_ckpt: Path) -> None:
+    payload = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    assert payload["format"] == "rig.model.segmif" and payload["config"]["name"] == "segmif_tiny"
+
+
+def test_missing_and_corrupt_checkpoints(tiny_ckpt: Path, tmp_path: Path) -> None:
+    with pytest.raises(RigError, match="no such checkpoint file") as e:
+        read_checkpoint(tmp_path / "nope.pt")
+    assert e.value.path == str(tmp_path / "nope.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(tiny_ckpt.read_bytes()[:1000])
+    with pytest.raises(RigError, match="not a readable PyTorch checkpoint") as e:
+        read_checkpoint(truncated)
+    assert str(truncated) in str(e.value)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("hello")
+    with pytest.raises(RigError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(RigError, match="not a SegMiF checkpoint") as e:
+        read_checkpoint(foreign)
+    assert e.value.key == "format"
+
+
+def test_mismatched_weights_name_the_keys(tiny_ckpt: Path, tmp_path: Path) -> None:
+    payload = read_checkpoint(tiny_ckpt)
+    sd = payload["state_dict"]
+    sd["fusion.extra.weight"] = torch.zeros(1)
+    del sd["fusion.hia1.soam.q_seg.weight"]
+    sd["segmenter.decoder.classifier.bias"] = torch.zeros(9)
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    with pytest.raises(RigError) as e:
+        model_from_checkpoint(bad)
+    msg = str(e.value)
+    assert msg.startswith(str(bad)) and e.value.key == "state_dict"
+    assert "missing keys: fusion.hia1.soam.q_seg.weight" in msg
+    assert "unexpected keys: fusion.extra.weight" in msg
+    assert "segmenter.decoder.classifier.bias (9,) vs model (15,)" in msg
+
+
+def test_bad_config_in_checkpoint(tiny_ckpt: Path, tmp_path: Path) -> None:
+    payload = read_checkpoint(tiny_ckpt)
+    payload["config"]["fusion"]["colour"] = 3
+    bad = tmp_path / "badcfg.pt"
+    torch.save(payload, bad)
+    with pytest.raises(RigError, match="invalid model config") as e:
+        model_from_checkpoint(bad)
+    assert e.value.key == "config"
+
+
+def test_public_api_exports() -> None:
+    assert len(rm.FMB_CLASSES) == len(rm.FMB_PALETTE) == 15
+    assert rm.FMB_CLASSES[0] == "background" and rm.FMB_CLASSES[14] == "pole"
+    assert len(rm.MFNET_CLASSES) == 9 and rm.IGNORE_INDEX == 255
+    assert isinstance(rm.MODEL_VERSION, str) and rm.MODEL_VERSION
+    assert rm.colorize(np.array([[0, 1], [255, 14]])).tolist() == [
+        [[0, 0, 0], [128, 64, 128]], [[255, 255, 255], [153, 153, 153]]]
+
+
+def test_fuse_and_segment_single_and_batch(tiny_ckpt: Path) -> None:
+    model = rm.load_model(tiny_ckpt)
+    rng = np.random.default_rng(0)
+    vis = rng.integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    ir = rng.integers(0, 256, (2, 48, 64), dtype=np.uint8)
+    fused, labels = rm.fuse_and_segment(vis, ir, model, batch_size=1)
+    assert fused.shape == (2, 48, 64, 3) and fused.dtype == np.uint8
+    assert labels.shape == (2, 48, 64) and labels.dtype == np.uint8 and labels.max() < 15
+    f1, l1 = rm.fuse_and_segment(vis[1], ir[1], model)
+    assert f1.shape == (48, 64, 3) and l1.shape == (48, 64)
+    assert np.abs(f1.astype(int) - fused[1]).max() <= 1 and (l1 == labels[1]).mean() > 0.99
+    # (H, W, 1) thermal is accepted; bf16 gives the same shapes
+    fb, lb = rm.fuse_and_segment(vis[0], ir[0][..., None], model, precision="bf16")
+    assert fb.shape == (48, 64, 3) and lb.dtype == np.uint8
+
+
+@pytest.mark.parametrize("vis_shape, vis_dtype, ir_shape, ir_dtype, key, message", [
+    ((48, 64, 3), np.uint8, (48, 64), np.uint16, "lwir", "8-bit .* got uint16 .*lwir8"),
+    ((48, 64, 3), np.uint16, (48, 64), np.uint8, "visible", "8-bit"),
+    ((48, 64, 3), np.uint8, (48, 60), np.uint8, "lwir", r"pair sizes differ: visible \(48, 64\) vs lwir \(48, 60\)"),
+    ((48, 64), np.uint8, (48, 64), np.uint8, "visible", r"RGB of shape \(H, W, 3\)"),
+    ((48, 64, 4), np.uint8, (48, 64), np.uint8, "visible", "RGB of shape"),
+    ((2, 48, 64, 3), np.uint8, (48, 64), np.uint8, "lwir", r"\(B, H, W\)"),
+    ((16, 64, 3), np.uint8, (16, 64), np.uint8, "visible", "too small: 64x16"),
+    ((48, 64, 3), np.float32, (48, 64), np.uint8, "visible", "got float32"),
+])
+def test_bad_inputs_give_clear_errors(vis_shape, vis_dtype, ir_shape, ir_dtype, key, message) -> None:
+    with pytest.raises(RigError, match=message) as e:
+        rm.fuse_and_segment(np.zeros(vis_shape, vis_dtype), np.zeros(ir_shape, ir_dtype), model=object())
+    assert e.value.key == key
+
+
+def test_bad_precision_and_device(tiny_ckpt: Path) -> None:
+    with pytest.raises(RigError, match="precision"):
+        rm.fuse_and_segment(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8), object(), precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(RigError, match="no CUDA device"):
+            rm.load_model(tiny_ckpt, device="cuda")
