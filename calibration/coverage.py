@@ -93,6 +93,6 @@ def analyse_coverage(camera: str, image_size: tuple[int, int], points: dict[str,
     if area < min_area:
         warnings.append(f"{camera}: boards cover only {area:.0%} of the image; move the board towards the edges")
     if tilts and max(tilts.values()) < min_tilt_deg:
-        warnings.append(f"{camera}: all views near fronto-parallel (max tilt {max(tilts.values()):.0f} deg): "
-                        "focal length poorly constrained")
+        warnings.append(f"{camera}: all views near fronto-parallel: focal length poorly constrained "
+                        f"(max tilt {max(tilts.values()):.0f} deg; tilt the board by 20-50 deg)")
     return Coverage(camera, image_size, cells, heat, area, tilts, warnings)

@@ -77,7 +77,10 @@ def grid_sanity(points: np.ndarray, cols: int, rows: int, max_ratio: float = 2.0
     """
     p = np.asarray(points, dtype=np.float64).reshape(rows, cols, 2)
     quad = np.array([p[0, 0], p[0, -1], p[-1, -1], p[-1, 0]])
-    cross = [np.cross(quad[(i + 1) % 4] - quad[i], quad[(i + 2) % 4] - quad[(i + 1) % 4]) for i in range(4)]
+    def cross(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a[0] * b[1] - a[1] * b[0])
+
+    cross = [cross(quad[(i + 1) % 4] - quad[i], quad[(i + 2) % 4] - quad[(i + 1) % 4]) for i in range(4)]
     if not (all(c > 0 for c in cross) or all(c < 0 for c in cross)):
         return "outer corners do not form a convex quadrilateral"
     a = p[:-1, 1:] - p[:-1, :-1]
