@@ -42,7 +42,6 @@ class RegisterOptions:
     device: str = "cpu"
     model_path: Path | None = None
     batch_size: int = 2
-    png_compression: int = 1
     min_free_bytes: int = 256 << 20
     contact_sheet_frames: int = 8
     output_size: tuple[int, int] | None = None  # default: the calibration's
@@ -264,15 +263,15 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         name = frame_name(p.job.index)
         if shutil.disk_usage(out).free < o.min_free_bytes:
             raise _DiskFull()
-        write_png(out / "Visible" / name, cv2.cvtColor(p.visible, cv2.COLOR_RGB2BGR), o.png_compression)
-        write_png(out / "Infrared" / name, p.ir8, o.png_compression)
-        write_png(out / "Infrared16" / name, p.ir16, o.png_compression)
+        write_png(out / "Visible" / name, cv2.cvtColor(p.visible, cv2.COLOR_RGB2BGR))
+        write_png(out / "Infrared" / name, p.ir8)
+        write_png(out / "Infrared16" / name, p.ir16)
         if fused is not None:
             from rig.model import colorize
 
-            write_png(out / "Fusion" / name, cv2.cvtColor(fused, cv2.COLOR_RGB2BGR), o.png_compression)
-            write_png(out / "Label" / name, labels, o.png_compression)
-            write_png(out / "Color" / name, cv2.cvtColor(colorize(labels), cv2.COLOR_RGB2BGR), o.png_compression)
+            write_png(out / "Fusion" / name, cv2.cvtColor(fused, cv2.COLOR_RGB2BGR))
+            write_png(out / "Label" / name, labels)
+            write_png(out / "Color" / name, cv2.cvtColor(colorize(labels), cv2.COLOR_RGB2BGR))
         a, b = p.job.pair.a, p.job.pair.b
         ds.log_frame({"index": p.job.index, "file": name,
                       "visible": {"seq": a.seq, "frame_counter": a.frame_counter, "host_ns": a.host_ns, "wall_ns": a.wall_ns},
