@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "rig.calibration.cli",
     "rig.registration.cli",
     "rig.model.cli",
+    "rig.demo",
 )
 
 
