@@ -1,15 +1,18 @@
-"""``rig emulate ...`` (and, later, ``rig record``): capture-stage sub-commands."""
+"""``rig record`` and ``rig emulate ...``: capture-stage sub-commands (thin: the work is in the recorder modules)."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
+from pathlib import Path
 
 from rig.errors import RigError
 
 
 def register(subparsers) -> None:
+    _register_record(subparsers)
     emulate = subparsers.add_parser(
         "emulate",
         help="run a device emulator (for dry runs without hardware)",
@@ -67,3 +70,164 @@ def _emulate_boson(args: argparse.Namespace) -> int:
         s = emu.stats
         print(f"requests {s.requests}, replies {s.replies}, faults {s.faults or 'none'}", file=sys.stderr)
     return 0
+
+
+# --------------------------------------------------------------------------- rig record
+def _register_record(subparsers) -> None:
+    rec = subparsers.add_parser(
+        "record",
+        help="record a drive or calibration views into a session",
+        description=(
+            "Record every camera of the rig into a session directory (see 'rig session info'). "
+            "--drive records everything until Ctrl-C or --duration; --calibration keeps only still board "
+            "views that add coverage, until coverage is sufficient. Without --rig the simulated rig is used."
+        ),
+    )
+    mode = rec.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--drive", action="store_true", help="record a drive (all frames)")
+    mode.add_argument("--calibration", action="store_true", help="record calibration views of a board")
+    rec.add_argument("--rig", default="sim", help="rig YAML file or shipped rig name (default: sim)")
+    rec.add_argument("--out", type=Path, default=None, help="session directory (default: drive-/calib-TIMESTAMP)")
+    rec.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    rec.add_argument("--reserve-mb", type=float, default=1024.0, metavar="MB",
+                     help="stop cleanly when free disk space would fall below this (default 1024)")
+    rec.add_argument("--plain", action="store_true", help="plain status lines instead of the live dashboard")
+    rec.add_argument("--variant", default="day", choices=("day", "night", "fog"), help="sim rig: scene conditions")
+    rec.add_argument("--seed", type=int, default=0, help="sim rig: scene / board plan seed")
+    drive = rec.add_argument_group("drive")
+    drive.add_argument("--gps", default=None, metavar="PORT", help="NMEA GPS serial port (RMC/GGA logged as events)")
+    drive.add_argument("--gps-baud", type=int, default=9600, help="GPS baud rate (default 9600)")
+    drive.add_argument("--ffc-interval", type=float, default=None, metavar="S",
+                       help="run a flat-field correction on the LWIR camera every S seconds")
+    drive.add_argument("--ffc-when-stopped", action="store_true",
+                       help="run an FFC when GPS says the vehicle stands still (needs --gps)")
+    drive.add_argument("--queue", type=int, default=32, metavar="N", help="frames buffered per camera (default 32)")
+    cal = rec.add_argument_group("calibration")
+    cal.add_argument("--board", default="ir_board", help="board YAML file or shipped board name (default ir_board)")
+    cal.add_argument("--max-views", type=int, default=40, help="stop after keeping this many views (default 40)")
+    cal.add_argument("--min-views", type=int, default=15, help="views needed before coverage can be sufficient")
+    rec.set_defaults(handler=_record)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rig.rigconfig import load_rig
+
+    if args.duration is not None and args.duration <= 0:
+        raise RigError(f"--duration must be positive, got {args.duration:g}")
+    if args.reserve_mb < 0:
+        raise RigError("--reserve-mb must not be negative")
+    if args.ffc_when_stopped and not args.gps:
+        raise RigError("--ffc-when-stopped needs --gps (the vehicle's speed comes from GPS)")
+    rig = load_rig(args.rig)
+    console = Console(stderr=False)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path(f"{'calib' if args.calibration else 'drive'}-{stamp}")
+    if args.calibration:
+        return _record_calibration(args, rig, out, console)
+    return _record_drive(args, rig, out, console)
+
+
+def _prepare_progress(console, what: str):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn(what), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
+    return progress
+
+
+def _sim_drive_cameras(args, rig, console):
+    from rig.capture.recorder import sim_cameras_for_drive
+
+    if any(c.driver == "sim" for c in rig.cameras) and not all(c.driver == "sim" for c in rig.cameras):
+        raise RigError("a rig cannot mix simulated and real cameras", path=rig.source)
+    if not all(c.driver == "sim" for c in rig.cameras):
+        return None  # real cameras: the recorder builds them from the rig
+    progress = _prepare_progress(console, "rendering the simulated drive")
+    with progress:
+        task = progress.add_task("render", total=None)
+        cams = sim_cameras_for_drive(rig, seed=args.seed, variant=args.variant, ffc_interval_s=args.ffc_interval,
+                                     progress=lambda done, total: progress.update(task, completed=done, total=total))
+    if not console.is_terminal:
+        print("simulated drive rendered", flush=True)
+    return cams
+
+
+def _install_sigterm(stop) -> None:
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: stop())
+    except ValueError:  # not the main thread (embedded use)
+        pass
+
+
+def _record_drive(args, rig, out: Path, console) -> int:
+    from rig.capture.dashboard import Dashboard
+    from rig.capture.recorder import Recorder
+
+    cams = _sim_drive_cameras(args, rig, console)
+    recorder = Recorder(rig, out, cams, queue_frames=args.queue, min_free_bytes=int(args.reserve_mb * (1 << 20)),
+                        ffc_interval_s=args.ffc_interval if cams is None else None,
+                        ffc_when_stopped=args.ffc_when_stopped, gps_port=args.gps, gps_baudrate=args.gps_baud)
+    with recorder:
+        _install_sigterm(lambda: recorder.request_stop("terminated", "stopped by SIGTERM"))
+        print(f"recording to {out} ({'Ctrl-C to stop' if args.duration is None else f'{args.duration:g} s'})",
+              flush=True)
+        with Dashboard(console, live=False if args.plain else None) as dash:
+            result = recorder.run(args.duration, on_status=dash.update)
+    for name, c in result.cameras.items():
+        print(f"{name}: {c.frames} frames ({c.fps_measured:.2f} fps, target {c.fps_target:g}), {c.drops} drops, "
+              f"{c.ffc_frames} FFC, {c.unpaired} unpaired, {c.reconnects} reconnects, {c.bytes / 1e6:.0f} MB")
+    if result.pairing:
+        p = result.pairing
+        print(f"pairs: {p['pairs']} ({p['mode']}, window {p['window_ns'] / 1e6:.1f} ms), unpaired {p['unpaired']}")
+    if result.gps is not None:
+        print(f"GPS: {result.gps['fixes']} fixes, {result.gps['bad']} bad sentences")
+    print(f"session {result.path}: {result.status} ({result.stop_reason})", flush=True)
+    if result.stop_reason == "disk-full":
+        console.print(f"[bold yellow]stopped: {result.message}[/]", highlight=False)
+        return 1
+    if result.stop_reason == "error":
+        raise RigError(f"recording stopped: {result.message}")
+    return 0
+
+
+def _record_calibration(args, rig, out: Path, console) -> int:
+    from rig.boards import load_board
+    from rig.capture.calib_record import CalibrationRecorder, CoverageGoal, sim_cameras_for_board
+    from rig.capture.dashboard import Dashboard  # noqa: F401  (same console conventions)
+
+    board = load_board(args.board)
+    cams = None
+    if all(c.driver == "sim" for c in rig.cameras):
+        progress = _prepare_progress(console, "rendering the simulated board plan")
+        with progress:
+            task = progress.add_task("render", total=None)
+            cams = sim_cameras_for_board(rig, board, seed=args.seed,
+                                         progress=lambda d, t: progress.update(task, completed=d, total=t))
+    goal = CoverageGoal(min_views=args.min_views, max_views=args.max_views)
+    recorder = CalibrationRecorder(rig, board, out, cams, goal=goal,
+                                   min_free_bytes=int(args.reserve_mb * (1 << 20)))
+    with recorder:
+        _install_sigterm(lambda: recorder.request_stop("terminated"))
+        print(f"recording calibration views of {board.type} {board.cols}x{board.rows} to {out}", flush=True)
+        result = recorder.run(args.duration, on_status=_calib_printer(console, args.plain))
+    print(f"kept {result.kept} views of {result.analysed} analysed (rejected: {result.rejected}); "
+          f"coverage {', '.join(f'{k} {v:.0%}' for k, v in result.coverage.items())}; "
+          f"{'sufficient' if result.sufficient else 'NOT sufficient'} ({result.stop_reason})")
+    print(f"session {result.path}: calibrate with 'rig calibrate --session {result.path}'", flush=True)
+    return 0 if result.sufficient else 1
+
+
+def _calib_printer(console, plain: bool):
+    from rig.capture.calib_record import status_line
+
+    last = [0.0]
+
+    def show(status) -> None:
+        now = time.monotonic()
+        if status.changed or now - last[0] > 5.0:
+            last[0] = now
+            print(status_line(status), flush=True)
+
+    return show
