@@ -182,7 +182,7 @@ def find_chessboard(gray: np.ndarray, board: Board, detectors: tuple[str, ...] =
                     refine: np.ndarray | None = None) -> tuple[np.ndarray | None, str, str]:
     """Chessboard corners in detector order: ``(points | None, method, reason)``.
 
-    Images larger than ~1.2 MP are searched at half resolution (4x faster) and
+    Images larger than 2 MP are searched at half resolution (4x faster) and
     refined at full resolution with ``cornerSubPix`` on ``refine`` (default
     ``gray``; for LWIR a flat-fielded float image, which removes the bias that
     vignetting gives the refinement). Full-resolution ``findChessboardCornersSB``
@@ -190,7 +190,7 @@ def find_chessboard(gray: np.ndarray, board: Board, detectors: tuple[str, ...] =
     """
     refine = gray if refine is None else refine
     size = board.pattern_size
-    scale = 2 if gray.shape[0] * gray.shape[1] > 1_200_000 else 1
+    scale = 2 if gray.shape[0] * gray.shape[1] > 2_000_000 else 1
     small = cv2.resize(gray, None, fx=1 / scale, fy=1 / scale, interpolation=cv2.INTER_AREA) if scale > 1 else gray
     reason = "no chessboard found"
     for method in detectors:
@@ -303,7 +303,7 @@ def count_boards_hint(image: np.ndarray, board: Board) -> str:
     if board.type != "chessboard":
         return ""
     gray = th.to8(image)
-    scale = 2 if gray.shape[0] * gray.shape[1] > 1_200_000 else 1
+    scale = 2 if gray.shape[0] * gray.shape[1] > 2_000_000 else 1
     small = cv2.resize(gray, None, fx=1 / scale, fy=1 / scale, interpolation=cv2.INTER_AREA) if scale > 1 else gray
     for dc, dr in ((-1, 0), (0, -1), (-1, -1), (1, 0), (0, 1), (-2, 0), (0, -2)):
         c, r = board.cols + dc, board.rows + dr

@@ -1,0 +1,267 @@
+"""Calibration benchmark (issue 3): ours next to a plain OpenCV script, in one run.
+
+    python benchmarks/bench_calibration.py [--views 40] [--skip-render]
+
+1. Detection counts on the hardest simulated LWIR setting (0.5 K contrast,
+   heated/inverted board) and on ../shared/data/vimslab_thermal (16-bit, faint):
+   ours vs plain ``cv2.findChessboardCorners`` (on /256 and on percentile 8-bit).
+2. Accuracy vs the simulator's ground truth (corners + 0.2 px noise, 40 views):
+   ours vs plain ``calibrateCamera`` + ``stereoCalibrate`` on the same points.
+3. Rendered sim views (2 cameras): detection counts and run time, ours vs plain
+   (rendering timed separately).
+4. ../shared/data/opencv_stereo: left intrinsics vs OpenCV's published ones.
+
+Shared data is read in place (never copied); sections skip with a message if absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rig.boards import Board, load_board
+from rig.calibration import homography as hg
+from rig.calibration.detect import detect
+from rig.calibration.intrinsics import IntrinsicsOptions, ViewPoints, calibrate_intrinsics, max_distortion_difference
+from rig.calibration.pipeline import CalibrateOptions, CalibrationRun, detect_views, solve
+from rig.calibration.plan import coverage_pose_plan
+from rig.calibration.results import Calibration
+from rig.calibration.stereo import rotation_angle_deg
+from rig.rigconfig import load_rig
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def plain_find(gray8: np.ndarray, size) -> np.ndarray | None:
+    ok, c = cv2.findChessboardCorners(gray8, size)
+    return c.reshape(-1, 2).astype(np.float64) if ok else None
+
+
+def section(title: str) -> None:
+    print(f"\n== {title} ==")
+
+
+def bench_lwir_detection(rig, n: int) -> None:
+    from rig.capture.sim.render import ThermalLook
+    from rig.capture.sim.views import BoardViewRenderer, board_pose_plan
+
+    section(f"LWIR detection, hardest sim setting (0.5 K, inverted), {n} views")
+    board = load_board("ir_board")
+    r = BoardViewRenderer(rig, board, thermal_look=ThermalLook(contrast_k=0.5, polarity="inverted"))
+    ours = plain256 = plainpct = 0
+    errs = []
+    for i, (R, t) in enumerate(board_pose_plan(rig, board, n, seed=7, cameras=["lwir"])):
+        v = r.render(R, t, np.random.default_rng(i), ["lwir"])
+        img = v.images["lwir"]
+        d = detect(img, board, thermal=True).detection
+        if d is not None:
+            ours += 1
+            errs.append(np.linalg.norm(d.image_points - v.corners["lwir"], axis=1).mean())
+        plain256 += plain_find((img // 256).astype(np.uint8), board.pattern_size) is not None
+        from rig.pixfmt import normalize_16bit
+
+        plainpct += plain_find(normalize_16bit(img), board.pattern_size) is not None
+    print(f"{'detector':40s} {'found':>8s}")
+    print(f"{'plain findChessboardCorners, /256':40s} {plain256:>4d}/{n}")
+    print(f"{'plain findChessboardCorners, percentiles':40s} {plainpct:>4d}/{n}")
+    print(f"{'rig (retries, polarity)':40s} {ours:>4d}/{n}   mean corner error {np.mean(errs) if errs else float('nan'):.2f} px, "
+          f"right order in all found: {all(e < 2 for e in errs)}")
+
+
+def bench_vimslab() -> None:
+    section("vimslab_thermal (16-bit LWIR, faint 7x6 board)")
+    root = DATA / "vimslab_thermal"
+    if not root.is_dir():
+        print(f"skipped: {root} not found")
+        return
+    board = Board("chessboard", 7, 6, 0.0231, polarity="auto", name="vimslab")
+    print(f"{'camera':8s} {'images':>6s} {'plain /256':>11s} {'plain pct':>10s} {'rig':>5s}")
+    for cam in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        files = sorted((root / cam).glob("*.png"))
+        n = len(files)
+        a = b = c = 0
+        for f in files:
+            img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+            g8 = (img // 256).astype(np.uint8) if img.dtype == np.uint16 else (img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+            from rig.calibration.thermal import to8
+
+            a += plain_find(g8, board.pattern_size) is not None
+            b += plain_find(to8(img if img.ndim == 2 else img[..., ::-1]), board.pattern_size) is not None
+            c += detect(img if img.ndim == 2 else img[..., ::-1], board, thermal=cam.startswith("lwir")).detection is not None
+        print(f"{cam:8s} {n:>6d} {a:>11d} {b:>10d} {c:>5d}")
+
+
+def _noisy(rig, board, plan, cams, rng):
+    from rig.capture.sim.views import camera_model, pose_in_camera
+
+    run = CalibrationRun(board)
+    obj = board.object_points()
+    for c in cams:
+        spec = rig.camera(c)
+        m = camera_model(spec)
+        run.points[c], run.image_sizes[c] = {}, m.size
+        for i, (R, t) in enumerate(plan):
+            Rc, tc = pose_in_camera(spec, R, t)
+            px = m.project(obj @ Rc.T + tc) + rng.normal(0, 0.2, (len(obj), 2))
+            run.points[c][f"v{i:02d}"] = ViewPoints(f"v{i:02d}", px, obj, np.arange(len(obj)))
+    return run
+
+
+def plain_calibrate(points: dict[str, ViewPoints], size):
+    obj = [v.object_points.astype(np.float32) for v in points.values()]
+    img = [v.image_points.astype(np.float32) for v in points.values()]
+    rms, K, D, _, _ = cv2.calibrateCamera(obj, img, size, None, None)
+    return rms, K, D.ravel()
+
+
+def bench_accuracy(rig, views: int) -> None:
+    from rig.capture.sim.views import board_pose_plan
+
+    section(f"accuracy vs sim ground truth (corner noise 0.2 px, {views} views per stage)")
+    board = load_board("ir_board")
+    rng = np.random.default_rng(0)
+    ours, plain = {}, {}
+    print(f"{'quantity':34s} {'rig':>10s} {'plain':>10s} {'tolerance':>10s}")
+    for c in ("visible", "lwir"):
+        run = _noisy(rig, board, coverage_pose_plan(rig, board, views, seed=0, cameras=[c]), [c], rng)
+        r = solve(run).intrinsics[c]
+        ours[c] = r
+        _, Kp, Dp = plain_calibrate(run.points[c], run.image_sizes[c])
+        plain[c] = (Kp, Dp)
+        spec = rig.camera(c).sim
+        obs = np.concatenate([v.image_points for v in r.views])
+        for label, (K, D) in (("rig", (r.K, r.dist)), ("plain", (Kp, Dp))):
+            pass
+        f = lambda K: 100 * max(abs(K[0, 0] / spec.K[0, 0] - 1), abs(K[1, 1] / spec.K[1, 1] - 1))
+        p = lambda K: np.abs(K[:2, 2] - spec.K[:2, 2]).max()
+        dd = lambda K, D: max_distortion_difference(K, D, spec.K, spec.dist, r.image_size, within=obs)
+        dfull = lambda K, D: max_distortion_difference(K, D, spec.K, spec.dist, r.image_size)
+        print(f"{c + ' focal error %':34s} {f(r.K):>10.3f} {f(Kp):>10.3f} {'0.2':>10s}")
+        print(f"{c + ' principal point px':34s} {p(r.K):>10.2f} {p(Kp):>10.2f} {'1':>10s}")
+        print(f"{c + ' distortion px (observed area)':34s} {dd(r.K, r.dist):>10.2f} {dd(Kp, Dp):>10.2f} {'0.3':>10s}")
+        print(f"{c + ' distortion px (whole image)':34s} {dfull(r.K, r.dist):>10.2f} {dfull(Kp, Dp):>10.2f} {'0.3':>10s}")
+    joint_plan = board_pose_plan(rig, board, views, seed=0)
+    run = _noisy(rig, board, joint_plan, ["visible", "lwir"], rng)
+    from rig.calibration.results import CameraCalibration
+
+    cams = {c: CameraCalibration(c, "pinhole", ours[c].image_size, ours[c].K, ours[c].dist) for c in ours}
+    j = solve(run, CalibrateOptions(intrinsics_for=()), existing=Calibration(cams))
+    lw, vs = rig.camera("lwir").sim, rig.camera("visible").sim
+    R_gt, t_gt = lw.R.T, -lw.R.T @ lw.t
+    obj = [v.object_points.astype(np.float32) for v in run.points["visible"].values()]
+    iv = [v.image_points.astype(np.float32) for v in run.points["visible"].values()]
+    il = [v.image_points.astype(np.float32) for v in run.points["lwir"].values()]
+    out = cv2.stereoCalibrate(obj, iv, il, plain["visible"][0], plain["visible"][1], plain["lwir"][0], plain["lwir"][1],
+                              (1920, 1200), flags=cv2.CALIB_FIX_INTRINSIC)
+    Rp, tp = out[5].T, -out[5].T @ out[6].ravel()
+    Hgt = hg.plane_homography(vs.K, lw.K, R_gt, t_gt, rig.plane_distance_m)
+    u, v = np.meshgrid(np.linspace(0, 639, 17), np.linspace(0, 511, 17))
+    grid = np.c_[u.ravel(), v.ravel()]
+    Hp = hg.plane_homography(plain["visible"][0], plain["lwir"][0], Rp, tp, rig.plane_distance_m)
+    herr = lambda H: (np.linalg.norm(hg.apply_h(H, grid) - hg.apply_h(Hgt, grid), axis=1) * j.registration.scale).max()
+    print(f"{'rotation deg':34s} {rotation_angle_deg(j.stereo.R @ R_gt.T):>10.3f} {rotation_angle_deg(Rp @ R_gt.T):>10.3f} {'0.05':>10s}")
+    print(f"{'translation mm':34s} {1000 * np.linalg.norm(j.stereo.t - t_gt):>10.2f} {1000 * np.linalg.norm(tp - t_gt):>10.2f} {'1':>10s}")
+    print(f"{'homography at plane, 800x600 px':34s} {herr(j.homography.H):>10.2f} {herr(Hp):>10.2f} {'0.3':>10s}")
+    print(f"rig uncertainty: rotation {j.stereo.std_rotation_deg.round(3)} deg, translation {(1000 * j.stereo.std_translation_m).round(2)} mm; "
+          f"epipolar {j.stereo.epipolar_px['visible']['mean']:.3f} px (visible)")
+
+
+def bench_rendered(rig, views: int) -> None:
+    from rig.calibration.sources import sim_source
+
+    section(f"rendered sim, {views} views x 2 cameras (ir_board)")
+    board = load_board("ir_board")
+    t0 = time.perf_counter()
+    src = sim_source(rig, board, views, seed=1)
+    render_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run = detect_views(src, board)
+    solve(run, CalibrateOptions(rig_plane_distance_m=rig.plane_distance_m))
+    ours_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    found = {}
+    pts = {}
+    for cam in src.cameras:
+        for v in src.views:
+            img = src.load(v, cam)
+            g = (img // 256).astype(np.uint8) if img.dtype == np.uint16 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            c = plain_find(g, board.pattern_size)
+            if c is not None:
+                pts.setdefault(cam, {})[v] = ViewPoints(v, c, board.object_points(), np.arange(board.n_points))
+        found[cam] = len(pts.get(cam, {}))
+    plain_res = {c: plain_calibrate(p, run.image_sizes[c]) for c, p in pts.items() if len(p) >= 3}
+    plain_s = time.perf_counter() - t0
+    print(f"render (not counted): {render_s:.1f} s")
+    print(f"{'':22s} {'visible':>9s} {'lwir':>9s} {'time s':>8s}")
+    print(f"{'rig found':22s} {run.detected('visible'):>6d}/{views} {run.detected('lwir'):>6d}/{views} {ours_s:>8.1f}")
+    print(f"{'plain found':22s} {found.get('visible', 0):>6d}/{views} {found.get('lwir', 0):>6d}/{views} {plain_s:>8.1f}")
+    for c in ("visible", "lwir"):
+        K = rig.camera(c).sim.K
+        r = run.intrinsics.get(c)
+        rp = plain_res.get(c)
+        fo = lambda KK: 100 * abs(KK[0, 0] / K[0, 0] - 1)
+        print(f"{c}: fx error rig {fo(r.K):.3f} % (RMS {r.rms_px:.3f})" +
+              (f", plain {fo(rp[1]):.3f} % (RMS {rp[0]:.3f})" if rp else ", plain: too few detections"))
+    print(f"rig timings: {', '.join(f'{k} {v:.1f} s' for k, v in run.timings.items())}")
+
+
+def bench_opencv_stereo() -> None:
+    section("opencv_stereo (left camera) vs OpenCV's published intrinsics")
+    root = DATA / "opencv_stereo"
+    if not root.is_dir():
+        print(f"skipped: {root} not found")
+        return
+    board = Board("chessboard", 9, 6, 0.025)
+    files = sorted(root.glob("left*.jpg"))
+    views, plain_views = {}, {}
+    size = None
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        size = (img.shape[1], img.shape[0])
+        d = detect(img, board).detection
+        if d is not None:
+            views[f.stem] = ViewPoints(f.stem, d.image_points, board.object_points()[d.ids], d.ids)
+        c = plain_find(img, board.pattern_size)
+        if c is not None:
+            c = cv2.cornerSubPix(img, c.astype(np.float32).reshape(-1, 1, 2), (11, 11), (-1, -1),
+                                 (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 0.01)).reshape(-1, 2)
+            plain_views[f.stem] = ViewPoints(f.stem, c.astype(np.float64), board.object_points(), np.arange(54))
+    r = calibrate_intrinsics("left", list(views.values()), size, IntrinsicsOptions())
+    obj = [v.object_points.astype(np.float32) for v in plain_views.values()]
+    img = [v.image_points.astype(np.float32) for v in plain_views.values()]
+    rms_p, Kp, Dp, _, _ = cv2.calibrateCamera(obj, img, size, None, None)
+    pub = 535.916
+    print(f"{'':14s} {'fx':>8s} {'fy':>8s} {'cx':>8s} {'cy':>8s} {'RMS px':>8s} {'views':>6s}")
+    print(f"{'published':14s} {pub:>8.2f} {pub:>8.2f} {342.283:>8.2f} {235.571:>8.2f} {0.3926:>8.3f} {'13':>6s}")
+    print(f"{'rig':14s} {r.K[0, 0]:>8.2f} {r.K[1, 1]:>8.2f} {r.K[0, 2]:>8.2f} {r.K[1, 2]:>8.2f} {r.rms_px:>8.3f} {len(r.views):>6d}")
+    print(f"{'plain script':14s} {Kp[0, 0]:>8.2f} {Kp[1, 1]:>8.2f} {Kp[0, 2]:>8.2f} {Kp[1, 2]:>8.2f} {rms_p:>8.3f} {len(plain_views):>6d}")
+    print(f"rig fx vs published: {100 * (r.K[0, 0] / pub - 1):+.2f} % (target within 0.5 %); RMS rig {r.rms_px:.3f} vs plain {rms_p:.3f}")
+    for d in r.dropped:
+        print(f"  {d}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--views", type=int, default=40)
+    ap.add_argument("--lwir-views", type=int, default=12)
+    ap.add_argument("--skip-render", action="store_true", help="skip the rendered 2-camera run (slow: rendering)")
+    args = ap.parse_args(argv)
+    rig = load_rig("sim")
+    t0 = time.perf_counter()
+    bench_accuracy(rig, args.views)
+    bench_opencv_stereo()
+    bench_vimslab()
+    bench_lwir_detection(rig, args.lwir_views)
+    if not args.skip_render:
+        bench_rendered(rig, args.views)
+    print(f"\nbenchmark wall time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
