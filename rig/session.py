@@ -270,8 +270,6 @@ class SessionWriter:
 
         ``cameras`` restricts the recorded cameras (default: all of the rig).
         """
-        from rig.rigconfig import RigConfig  # noqa: F401  (type only)
-
         path = Path(path)
         if path.exists() and any(path.iterdir()) and not overwrite:
             raise RigError("already exists and is not empty; choose another --out or remove it", path=path)

@@ -224,7 +224,8 @@ def render_scene(scene: Scene, model: CameraModel, R: np.ndarray, t: np.ndarray,
     ground_hit = ground < lam
     lam = np.where(ground_hit, ground, lam)
     box_id[ground_hit] = -2
-    pts = origin + d * lam[..., None]
+    with np.errstate(invalid="ignore"):  # sky pixels: inf * 0 along some axes
+        pts = origin + d * lam[..., None]
     return _shade(scene, pts, d, lam, box_id, face, variant)
 
 
