@@ -42,7 +42,13 @@ def run(args: argparse.Namespace, fuse: bool) -> int:
     with Progress(TextColumn("[bold]register" + ("+fuse" if fuse else "")), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("pairs", total=None)
-        result = register_session(args.session, options, progress=lambda n: bar.advance(task, n))
+
+        def progress(advance: int, total: int | None = None) -> None:
+            if total is not None:
+                bar.update(task, total=total)
+            bar.advance(task, advance)
+
+        result = register_session(args.session, options, progress=progress)
     report(result, Console())
     return 0
 

@@ -177,7 +177,11 @@ def infrared_range(reader: SessionReader, jobs: list[_Job], tables: RemapTables,
 
 
 def register_session(session: str | Path, options: RegisterOptions = RegisterOptions(), progress=None) -> RegisterResult:
-    """Register (and optionally fuse and segment) every usable pair of a session."""
+    """Register (and optionally fuse and segment) every usable pair of a session.
+
+    ``progress(advance, total=None)`` is called once with the number of pairs to
+    do (``advance=0``), then with ``1`` per finished pair.
+    """
     from rig.calibration.results import load_calibration
 
     t_start = time.perf_counter()
@@ -234,6 +238,8 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
     )
     todo = [j for j in jobs if j.index not in done]
     result.already_done = len(jobs) - len(todo)
+    if progress:
+        progress(0, total=len(todo))
     clock = _StageClock()
     lo, hi = ir_range
     gain = 255.0 / (hi - lo)
