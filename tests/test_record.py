@@ -221,7 +221,6 @@ def test_camera_disconnect_is_logged_retried_and_the_other_camera_keeps_recordin
         assert len(reconnected) == 1 and 50 < reconnected[0] < len(recs) - 30
         vis_counters = [x.frame_counter for x in r.records("visible")]
         assert vis_counters == list(range(len(vis_counters)))
-        assert r.summary()["cameras"]["visible"]["gaps"] == 0 or True  # host jitter may count; counters prove it
 
 
 def _nmea(body: str) -> bytes:
