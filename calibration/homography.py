@@ -137,6 +137,11 @@ def valid_polygon_lwir(K_l: np.ndarray, dist_l: np.ndarray, size_l: tuple[int, i
     return apply_h(H, undistort_pixels(_border(size_l, samples), K_l, dist_l, model))
 
 
+def support_hull(points: np.ndarray) -> np.ndarray:
+    """Convex hull ``(M, 2)`` of observed points: the image area a calibration has data for."""
+    return cv2.convexHull(np.asarray(points, np.float32).reshape(-1, 1, 2)).reshape(-1, 2).astype(np.float64)
+
+
 def _border(size: tuple[int, int], n: int) -> np.ndarray:
     w, h = size[0] - 1, size[1] - 1
     s = np.linspace(0, 1, n, endpoint=False)
@@ -181,11 +186,13 @@ def largest_rectangle(mask: np.ndarray, aspect: float) -> tuple[int, int, int, i
 
 def registration_crop(K_v: np.ndarray, dist_v: np.ndarray, size_v: tuple[int, int], K_l: np.ndarray, dist_l: np.ndarray,
                       size_l: tuple[int, int], H: np.ndarray, output_size: tuple[int, int], model: str = "pinhole",
-                      step: int = 2) -> tuple[float, float, float, float]:
+                      step: int = 2, support: list[np.ndarray] | None = None) -> tuple[float, float, float, float]:
     """Largest ``output_size``-aspect rectangle ``(x, y, w, h)`` (visible undistorted px) valid in both images.
 
     Valid: inside the undistorted visible image and inside the undistorted
-    LWIR image warped by ``H`` (no black borders in either). Searched on a
+    LWIR image warped by ``H`` (no black borders in either), and inside every
+    ``support`` polygon (visible undistorted px): e.g. the hulls of the
+    calibration's observed corners, where the distortion model is backed by data. Searched on a
     ``step``-pixel raster, then shrunk by one raster cell for safety.
     """
     W, Hh = size_v
@@ -195,6 +202,10 @@ def registration_crop(K_v: np.ndarray, dist_v: np.ndarray, size_v: tuple[int, in
     cv2.fillPoly(m1, [np.round(valid_polygon_visible(K_v, dist_v, size_v, model) / step).astype(np.int32)], 1)
     cv2.fillPoly(m2, [np.round(valid_polygon_lwir(K_l, dist_l, size_l, H, model) / step).astype(np.int32)], 1)
     mask = (m1 & m2).astype(bool)
+    for poly in support or []:
+        m = np.zeros((mh, mw), np.uint8)
+        cv2.fillPoly(m, [np.round(np.asarray(poly) / step).astype(np.int32)], 1)
+        mask &= m.astype(bool)
     mask = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     aspect = output_size[0] / output_size[1]
     x, y, w, h = largest_rectangle(mask, aspect)

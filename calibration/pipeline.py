@@ -15,7 +15,7 @@ report of what was found.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -23,12 +23,13 @@ import numpy as np
 from rig import __version__
 from rig.boards import Board
 from rig.calibration import homography as hg
+from rig.calibration.bundle import bundle_adjust
 from rig.calibration.coverage import Coverage, analyse_coverage
 from rig.calibration.detect import Detection, count_boards_hint, detect
 from rig.calibration.intrinsics import IntrinsicsOptions, IntrinsicsResult, ViewPoints, calibrate_intrinsics, undistort_pixels
 from rig.calibration.results import Calibration, CameraCalibration, Extrinsics, Homography, Registration
 from rig.calibration.sources import ViewSource
-from rig.calibration.stereo import StereoResult, stereo_calibrate
+from rig.calibration.stereo import StereoResult, epipolar_summary, stereo_calibrate
 from rig.errors import RigError
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
@@ -73,6 +74,8 @@ class CalibrateOptions:
     output_size: tuple[int, int] = (800, 600)
     holdout_every: int = 5
     thermal_retries: bool = True
+    bundle: bool = True  # joint bundle adjustment of both cameras after the stereo initialisation
+    crop_to_support: bool = True  # keep the registration crop where observed corners back the distortion models
     detectors: tuple[str, ...] = ("sb", "classic")
 
 
@@ -98,6 +101,7 @@ class CalibrationRun:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     calibration: Calibration | None = None
+    bundle: dict | None = None  # summary of the joint bundle adjustment
 
     def detected(self, camera: str) -> int:
         return sum(r.status == "ok" for r in self.records.get(camera, []))
@@ -227,6 +231,8 @@ def _joint(run: CalibrationRun, options: CalibrateOptions) -> None:
         st = stereo_calibrate(vis, lw, vis_views, lw_views, min_views=max(3, min(options.intrinsics.min_views, 4)))
     except RigError as exc:
         raise CalibrationError(exc.message, run) from None
+    if options.bundle and _bundle_ok(vis, lw):
+        vis, lw, st = _bundle(run, vis, lw, st)
     run.stereo = st
     R, t = st.R, st.t
     # Correspondences in undistorted pixels, per view.
@@ -258,9 +264,18 @@ def _joint(run: CalibrationRun, options: CalibrateOptions) -> None:
     H_r, inl = hg.ransac_homography(src, dst)
     H_all, _ = hg.ransac_homography(np.concatenate([c[1] for c in corr]), np.concatenate([c[2] for c in corr]))
     hs, hd = np.concatenate([c[1] for c in held]), np.concatenate([c[2] for c in held])
-    # Crop first (with the plane H) to express errors at the output resolution.
+    # Crop first (with the plane H) to express errors at the output resolution. The crop stays where the
+    # distortion models are backed by observed corners: beyond them they are extrapolations.
+    support = _support(vis, lw) if options.crop_to_support else None
     crop = hg.registration_crop(vis.K, vis.dist, vis.image_size, lw.K, lw.dist, lw.image_size, H_plane,
-                                options.output_size, vis.model)
+                                options.output_size, vis.model, support=support and [support[0], hg.apply_h(H_plane, support[1])])
+    if support:
+        full = hg.registration_crop(vis.K, vis.dist, vis.image_size, lw.K, lw.dist, lw.image_size, H_plane,
+                                    options.output_size, vis.model)
+        if full[2] > 0 and crop[2] < 0.97 * full[2]:
+            run.warnings.append(
+                f"registration crop limited to the area the board views covered ({100 * (crop[2] / full[2]) ** 2:.0f} % of "
+                "the area both images share): add views with the board near the LWIR image's corners to widen it")
     if crop[2] <= 0:
         raise CalibrationError("the LWIR image warped into the visible image leaves no valid output area", run)
     scale = options.output_size[0] / crop[2]
@@ -273,7 +288,7 @@ def _joint(run: CalibrationRun, options: CalibrateOptions) -> None:
     H = H_plane if method == "plane" else H_all
     if method != "plane":
         crop = hg.registration_crop(vis.K, vis.dist, vis.image_size, lw.K, lw.dist, lw.image_size, H,
-                                    options.output_size, vis.model)
+                                    options.output_size, vis.model, support=support and [support[0], hg.apply_h(H, support[1])])
     run.homographies = {"plane": H_plane, "ransac": H_all}
     run.registration = Registration(tuple(options.output_size), crop)
     run.parallax = hg.parallax_table(vis.K, lw.K, R, t, H, crop, options.output_size)
@@ -286,6 +301,43 @@ def _joint(run: CalibrationRun, options: CalibrateOptions) -> None:
                             f"({getattr(e_plane if better == 'plane' else e_ransac, 'mean_px'):.2f} px vs "
                             f"{getattr(e_ransac if better == 'plane' else e_plane, 'mean_px'):.2f} px); stored: {method} "
                             f"(boards are near, the working plane is at {d:g} m)")
+
+
+def _support(vis: IntrinsicsResult, lw: IntrinsicsResult) -> tuple[np.ndarray, np.ndarray] | None:
+    """Hulls of the observed corners: visible (undistorted visible px) and LWIR (undistorted LWIR px)."""
+    pv = [v.image_points for v in vis.views]
+    pl = [v.image_points for v in lw.views]
+    if not pv or not pl:
+        return None
+    hv = hg.support_hull(undistort_pixels(np.concatenate(pv), vis.K, vis.dist, vis.model))
+    hl = hg.support_hull(undistort_pixels(np.concatenate(pl), lw.K, lw.dist, lw.model))
+    return hv, hl
+
+
+def _bundle_ok(vis: IntrinsicsResult, lw: IntrinsicsResult) -> bool:
+    return vis.model == lw.model == "pinhole" and len(vis.dist) <= 5 and len(lw.dist) <= 5
+
+
+def _bundle(run: CalibrationRun, vis: IntrinsicsResult, lw: IntrinsicsResult, st: StereoResult):
+    """Joint bundle adjustment over every view of both cameras (intrinsics computed in this run are freed)."""
+    free = {c for c in ("visible", "lwir") if c in run.cameras}
+    j = bundle_adjust(vis, lw, st.R, st.t, free)
+    for cam in free:
+        old = run.intrinsics[cam]
+        s = j.std_intrinsics[cam]
+        std = {"fx": float(s[0]), "fy": float(s[1]), "cx": float(s[2]), "cy": float(s[3]),
+               "dist": [float(x) for x in s[4:4 + len(old.dist)]]}
+        new = replace(old, K=j.K[cam], dist=j.dist[cam][:len(old.dist)], rms_px=j.rms_px[cam], std=std,
+                      poses={**old.poses, **j.poses[cam]})
+        run.intrinsics[cam] = new
+        run.cameras[cam] = replace(run.cameras[cam], K=new.K, dist=new.dist, rms_px=new.rms_px, std=std)
+    vis, lw = run.intrinsics["visible"], run.intrinsics["lwir"]
+    st = replace(st, R=j.R, t=j.t, std_rotation_deg=j.std_rotation_deg, std_translation_m=j.std_translation_m,
+                 rms_px=float(np.sqrt((j.rms_px["visible"] ** 2 + j.rms_px["lwir"] ** 2) / 2)),
+                 epipolar_px=epipolar_summary(vis, lw, st.pairs, j.R, j.t))
+    run.bundle = {"views": j.views, "observations": j.observations, "iterations": j.iterations,
+                  "free_intrinsics": sorted(free), "rms_px": j.rms_px}
+    return vis, lw, st
 
 
 def build_calibration(run: CalibrationRun) -> Calibration:

@@ -124,14 +124,20 @@ def stereo_calibrate(vis: IntrinsicsResult, lwir: IntrinsicsResult, vis_views: d
     n = len(pairs)
     std_r = np.std(rel_r, axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full(3, np.nan)
     std_t = np.std(rel_t, axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full(3, np.nan)
-    F = fundamental_matrix(vis.K if vis.model == "pinhole" else vis.K, lwir.K, R, t)
+    epi = epipolar_summary(vis, lwir, pairs, R, t)
+    return StereoResult(R, t, float(rms), std_r, std_t, epi, [a.name for a, _ in pairs], pairs,
+                        {a.name: float(e) for (a, _), e in zip(pairs, per_view)})
+
+
+def epipolar_summary(vis: IntrinsicsResult, lwir: IntrinsicsResult, pairs: list[tuple[ViewPoints, ViewPoints]],
+                     R: np.ndarray, t: np.ndarray) -> dict:
+    """Mean and RMS distance (px) of undistorted points to their epipolar lines, in each image."""
+    F = fundamental_matrix(vis.K, lwir.K, R, t)
     xv = np.concatenate([undistort_pixels(a.image_points, vis.K, vis.dist, vis.model) for a, _ in pairs])
     xl = np.concatenate([undistort_pixels(b.image_points, lwir.K, lwir.dist, lwir.model) for _, b in pairs])
     dv, dl = epipolar_errors(F, xv, xl)
-    epi = {"visible": {"mean": float(dv.mean()), "rms": float(np.sqrt((dv ** 2).mean()))},
-           "lwir": {"mean": float(dl.mean()), "rms": float(np.sqrt((dl ** 2).mean()))}}
-    return StereoResult(R, t, float(rms), std_r, std_t, epi, [a.name for a, _ in pairs], pairs,
-                        {a.name: float(e) for (a, _), e in zip(pairs, per_view)})
+    return {"visible": {"mean": float(dv.mean()), "rms": float(np.sqrt((dv ** 2).mean()))},
+            "lwir": {"mean": float(dl.mean()), "rms": float(np.sqrt((dl ** 2).mean()))}}
 
 
 def _pose(v: ViewPoints, cam: IntrinsicsResult) -> tuple[np.ndarray, np.ndarray]:
