@@ -239,3 +239,33 @@ def test_cli_register(recorded, tmp_path):
     assert "15 pairs written" in proc.stdout and "contact sheet" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "rig.cli", "register", str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no such session directory" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def estimated_cal(sim_rig, tmp_path_factory):
+    """A calibration estimated the way `rig calibrate` does on the sim (noisy corners, 40 views per stage)."""
+    from test_calibration_accuracy import _single_run
+
+    from rig.boards import load_board
+    from rig.calibration.pipeline import build_calibration
+    from rig.calibration.results import save_calibration
+
+    run = _single_run(sim_rig, load_board("ir_board"), seed=0)
+    return save_calibration(build_calibration(run), tmp_path_factory.mktemp("est") / "calibration.yaml")
+
+
+def test_estimated_calibration_registers_below_0_3_px(sim_rig, estimated_cal):
+    geom = RegistrationGeometry.from_calibration(load_calibration(estimated_cal))
+    err = true_misalignment(sim_rig, geom, sim_rig.plane_distance_m)
+    assert err.max() < 0.3 and err.mean() < 0.15
+
+
+def test_estimated_misalignment_follows_its_parallax_table(sim_rig, estimated_cal):
+    cal = load_calibration(estimated_cal)
+    geom = RegistrationGeometry.from_calibration(cal)
+    for depth, expected in cal.homography.parallax_px.items():
+        if depth == sim_rig.plane_distance_m:
+            continue
+        measured = true_misalignment(sim_rig, geom, depth, grid=9).mean()
+        # Within 10 %, or 0.1 px where the parallax itself is small (the calibration's own error dominates there).
+        assert measured == pytest.approx(expected["mean"], rel=0.10, abs=0.1), depth
