@@ -92,10 +92,16 @@ def vsm_saliency(img: torch.Tensor, levels: int = 256) -> torch.Tensor:
     return torch.gather(v, 1, q).view_as(img).to(img.dtype)
 
 
-def saliency_weights(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """VSM weight maps ``m1 = S_x / (S_x + S_y)``, ``m2 = 1 - m1`` (0.5 each where neither is salient)."""
+def saliency_weights(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """VSM weight maps ``m1 = sigmoid((S_x - S_y) / temperature)``, ``m2 = 1 - m1``.
+
+    Per pixel, the source that is more salient gets most of the weight (0.5
+    each where they are equally salient); ``temperature -> 0`` is a hard choice.
+    A plain ratio ``S_x / (S_x + S_y)`` stays near 0.5 almost everywhere, which
+    makes the pixel loss a plain average and the fused image flat.
+    """
     s_x, s_y = vsm_saliency(x), vsm_saliency(y)
-    m1 = (s_x + eps) / (s_x + s_y + 2 * eps)
+    m1 = torch.sigmoid((s_x - s_y) / temperature)
     return m1, 1 - m1
 
 

@@ -46,6 +46,20 @@ def test_paper_config_is_mit_b3_with_full_width_drdbs() -> None:
     assert get_config("cpu", classes="mfnet").num_classes == 9
 
 
+def test_untrained_residual_fusion_starts_at_the_average() -> None:
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    v, t = torch.rand(1, 3, 32, 48), torch.rand(1, 1, 32, 48)
+    y = rgb_to_ycrcb(v)[:, :1]
+    with torch.inference_mode():
+        fused_y, _ = model.fuse(v, t)
+    torch.testing.assert_close(fused_y, (0.5 * (y + t)).clamp(1e-3, 1 - 1e-3), atol=1e-6, rtol=0)
+    direct = SegMiF(get_config("tiny", fusion=get_config("tiny").fusion.__class__(
+        width=4, growth=4, dense_layers=2, num_heads=2, residual=False))).eval()
+    with torch.inference_mode():
+        assert not torch.allclose(direct.fuse(v, t)[0], 0.5 * (y + t), atol=1e-2)
+
+
 def test_mit_sizes_and_strides() -> None:
     # b0..b5 follow SegFormer: embed dims and depths
     assert MIT_CONFIGS["b0"].embed_dims == (32, 64, 160, 256)

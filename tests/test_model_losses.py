@@ -42,6 +42,11 @@ def test_vsm_saliency_hand_computed() -> None:
     # three pixels at level 0, one at 255: V(0) = 1*255, V(255) = 3*255 -> normalised 1/3 and 1
     img = torch.tensor([[[[0.0, 0.0], [0.0, 1.0]]]], dtype=D)
     torch.testing.assert_close(vsm_saliency(img), torch.tensor([[[[1 / 3, 1 / 3], [1 / 3, 1.0]]]], dtype=D))
+    # weights: sigmoid of the saliency difference / 0.1; y constant has saliency 0 everywhere
+    m1, m2 = saliency_weights(img, torch.full_like(img, 0.4))
+    s = lambda t: 1 / (1 + math.exp(-t))  # noqa: E731
+    torch.testing.assert_close(m1, torch.tensor([[[[s(10 / 3), s(10 / 3)], [s(10 / 3), s(10.0)]]]], dtype=D))
+    torch.testing.assert_close(m1 + m2, torch.ones_like(m1))
     # a constant image has no salient pixel; the weights fall back to 0.5 / 0.5
     m1, m2 = saliency_weights(full(0.3, 4, 4), full(0.7, 4, 4))
     torch.testing.assert_close(m1, full(0.5, 4, 4))
