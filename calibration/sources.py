@@ -165,29 +165,50 @@ def session_source(path: Path, max_views: int = 60) -> ViewSource:
 
 
 # --------------------------------------------------------------------------- simulator
-def _render_chunk(args) -> list[tuple[int, dict, dict]]:
-    rig, board, poses, seeds, cameras, thermal_look = args
+_WORKER_RENDERER = None  # one BoardViewRenderer per worker process (its camera-ray and texture caches persist)
+
+
+def _init_renderer(rig, board, thermal_look) -> None:
+    """Process-pool initializer: build this process's renderer once, for all the views it renders."""
+    global _WORKER_RENDERER
     from rig.capture.sim.render import ThermalLook
     from rig.capture.sim.views import BoardViewRenderer
 
-    r = BoardViewRenderer(rig, board, thermal_look=thermal_look or ThermalLook())
-    out = []
-    for (i, (R, t)), s in zip(poses, seeds):
-        v = r.render(R, t, np.random.default_rng(s), cameras)
-        out.append((i, v.images, v.corners))
-    return out
+    _WORKER_RENDERER = BoardViewRenderer(rig, board, thermal_look=thermal_look or ThermalLook())
+
+
+def _render_view(args) -> tuple[int, dict, dict, float]:
+    """Render one view with this process's renderer: ``(index, images, corners, CPU seconds)``."""
+    import time
+
+    i, R, t, seed, cameras = args
+    c0 = time.process_time()
+    v = _WORKER_RENDERER.render(R, t, np.random.default_rng(seed), cameras)
+    return i, v.images, v.corners, time.process_time() - c0
+
+
+def default_render_workers() -> int:
+    """Worker processes for rendering: one per CPU core, at most 4 (rendering is CPU-bound numpy)."""
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def sim_source(rig, board, n_views: int = 40, seed: int = 0, cameras: list[str] | None = None,
                workers: int | None = None, thermal_look=None, progress: Callable[[int], None] | None = None,
-               poses: list | None = None) -> ViewSource:
+               poses: list | None = None, stats: dict | None = None) -> ViewSource:
     """Render ``n_views`` board views with the simulated rig, in a process pool.
 
     ``poses``: rig-frame board poses; default :func:`rig.calibration.plan.coverage_pose_plan`
     cycling over the cameras (each view keeps the board inside one camera, so
     each camera's corners reach its image edges; views inside both are joint views).
-    Rendering happens up front (``progress(k)`` after each chunk); images stay in memory.
+    Rendering happens up front (``progress(k)`` after each view); images stay in memory.
+    ``workers``: processes (default :func:`default_render_workers`; 1 renders in
+    this process). Each worker builds one renderer and reuses it for all its
+    views (building one costs about a view's time: rays of every pixel, textures).
+    ``stats``: if given, filled with ``render_s`` (wall), ``render_cpu_s`` (CPU
+    of all processes' rendering) and ``workers``.
     """
+    import time
+
     from rig.calibration.plan import coverage_pose_plan
 
     sim_cams = [c for c in rig.cameras if c.driver == "sim"]
@@ -197,31 +218,37 @@ def sim_source(rig, board, n_views: int = 40, seed: int = 0, cameras: list[str] 
     if poses is None:
         poses = coverage_pose_plan(rig, board, n_views, seed=seed, cameras=names)
     n_views = len(poses)
-    poses = list(enumerate(poses))
-    seeds = [seed * 1000 + i for i in range(n_views)]
-    workers = workers or max(1, min(os.cpu_count() or 1, 4))
-    chunks = max(1, min(n_views, workers * 3))
-    jobs = [(rig, board, poses[k::chunks], seeds[k::chunks], names, thermal_look) for k in range(chunks)]
+    jobs = [(i, R, t, seed * 1000 + i, names) for i, (R, t) in enumerate(poses)]
+    workers = max(1, min(workers or default_render_workers(), n_views))
     images: dict[int, dict] = {}
     corners: dict[int, dict] = {}
+    t0, cpu = time.perf_counter(), 0.0
     if workers == 1:
-        results = map(_render_chunk, jobs)
-        for res in results:
-            for i, im, co in res:
-                images[i], corners[i] = im, co
-            if progress:
-                progress(len(res))
+        _init_renderer(rig, board, thermal_look)
+        c0 = time.process_time()
+        results = map(_render_view, jobs)
     else:
-        with ProcessPoolExecutor(workers) as ex:
-            for res in ex.map(_render_chunk, jobs):
-                for i, im, co in res:
-                    images[i], corners[i] = im, co
-                if progress:
-                    progress(len(res))
+        ex = ProcessPoolExecutor(workers, initializer=_init_renderer, initargs=(rig, board, thermal_look))
+        results = ex.map(_render_view, jobs)
+    try:
+        for i, im, co, c in results:
+            images[i], corners[i] = im, co
+            cpu += c
+            if progress:
+                progress(1)
+    finally:
+        if workers == 1:
+            global _WORKER_RENDERER
+            _WORKER_RENDERER = None
+            cpu = time.process_time() - c0  # includes building the renderer
+        else:
+            ex.shutdown()
+    if stats is not None:
+        stats.update(render_s=time.perf_counter() - t0, render_cpu_s=cpu, workers=workers)
     role = {c.name: c.role for c in sim_cams}
     view_names = [f"sim{i:03d}" for i in range(n_views)]
     by_name = {f"sim{i:03d}": {role[n]: img for n, img in images[i].items()} for i in range(n_views)}
-    truth = {f"sim{i:03d}": {"pose": poses[i][1], "corners": {role[n]: c for n, c in corners[i].items()}} for i in range(n_views)}
+    truth = {f"sim{i:03d}": {"pose": poses[i], "corners": {role[n]: c for n, c in corners[i].items()}} for i in range(n_views)}
 
     def load(view: str, camera: str) -> np.ndarray | None:
         return by_name[view].get(camera)
