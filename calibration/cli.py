@@ -25,6 +25,11 @@ def register(sub) -> None:
     p.add_argument("--max-views", type=int, default=60, help="session: use at most this many views (default 60)")
     p.add_argument("--model", choices=("pinhole", "fisheye"), default="pinhole", help="camera model (default pinhole)")
     p.add_argument("--rational", action="store_true", help="pinhole: rational distortion model (k4..k6)")
+    p.add_argument("--fix-aspect", action="store_true",
+                   help="pinhole: keep fx/fy fixed (square pixels: fx = fy), as OpenCV's CALIB_FIX_ASPECT_RATIO; "
+                        "for cameras known to have square pixels, or to reproduce results published that way")
+    p.add_argument("--render-workers", type=int, default=None,
+                   help="simulated rig: processes rendering views (default: one per CPU core, at most 4)")
     p.add_argument("--plane", default="rig", help="working plane distance: 'rig' (rig file), 'data' (plane fit to the "
                                                    "boards) or metres (default: rig)")
     p.add_argument("--homography", choices=("plane", "ransac", "best"), default="plane",
@@ -73,7 +78,12 @@ def run_calibrate(args) -> int:
     for c in cams or ():
         if c not in ("visible", "lwir"):
             raise RigError(f"--cameras: unknown camera '{c}' (cameras are named by role: visible, lwir)")
-    options = pl.CalibrateOptions(intrinsics=IntrinsicsOptions(model=args.model, rational=args.rational),
+    if args.fix_aspect and args.model != "pinhole":
+        raise RigError("--fix-aspect applies to the pinhole model only (cv2.fisheye has no fixed aspect ratio)")
+    if args.render_workers is not None and args.render_workers < 1:
+        raise RigError(f"--render-workers must be >= 1, got {args.render_workers}")
+    options = pl.CalibrateOptions(intrinsics=IntrinsicsOptions(model=args.model, rational=args.rational,
+                                                               fix_aspect_ratio=args.fix_aspect),
                                   intrinsics_for=cams, plane=plane, rig_plane_distance_m=rig.plane_distance_m,
                                   homography=args.homography, output_size=tuple(rig.output_size))
     yaml_path, folder = _outputs(args, rig)
@@ -95,15 +105,14 @@ def run_calibrate(args) -> int:
             source = sources.folder_source(sources.parse_images_args(args.images))
         else:
             task = prog.add_task(f"rendering {args.views} sim views", total=args.views)
-            t0 = time.perf_counter()
-            source = sources.sim_source(rig, board, args.views, args.seed,
-                                        
-                                        progress=lambda k: prog.advance(task, k))
-            render_s = time.perf_counter() - t0
+            render_stats: dict = {}
+            source = sources.sim_source(rig, board, args.views, args.seed, workers=args.render_workers,
+                                        progress=lambda k: prog.advance(task, k), stats=render_stats)
         det_task = prog.add_task("detecting boards", total=len(source.views) * len(source.cameras))
         run = pl.CalibrationRun(board, source)
-        if not (args.session or args.images):
-            run.timings["render_s"] = render_s
+        if not (args.session or args.images):  # the simulator's cost, reported apart from calibration's
+            run.timings["render_s"] = render_stats["render_s"]
+            run.timings["render_cpu_s"] = render_stats["render_cpu_s"]
         try:
             pl.detect_views(source, board, options, lambda _t, d, n: prog.update(det_task, completed=d), run)
             solve_task = prog.add_task("calibrating", total=None)
@@ -117,6 +126,8 @@ def run_calibrate(args) -> int:
                     pass
             raise
     run.timings["total_s"] = time.perf_counter() - t_start
+    if "render_s" in run.timings:  # what calibrating costs on recorded images: everything but the simulator
+        run.timings["total_without_render_s"] = run.timings["total_s"] - run.timings["render_s"]
     cal = results.merge(existing, pl.build_calibration(run), pl.run_record(run))
     results.save_calibration(cal, yaml_path)
     exports = results.write_exports(cal, folder)

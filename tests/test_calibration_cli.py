@@ -111,6 +111,23 @@ def test_one_camera_then_accumulate(tmp_path, capsys):
     assert len(cal.provenance["runs"]) == 2
 
 
+def test_fix_aspect(tmp_path, capsys):
+    dirs = make_folders(tmp_path / "in", cams=("visible",))
+    out = tmp_path / "out"
+    code, err = _run(["calibrate", "--board", "ir_board", "--images", f"visible={dirs['visible']}", "--fix-aspect",
+                      "--out", str(out)], capsys)
+    assert code == 0, err
+    Kc = load_calibration(out / "calibration.yaml").cameras["visible"].K
+    assert Kc[0, 0] == Kc[1, 1]  # CALIB_FIX_ASPECT_RATIO with the initial fx/fy = 1
+    assert abs(Kc[0, 0] / K[0, 0] - 1) < 0.005
+
+
+def test_fix_aspect_needs_pinhole(tmp_path, capsys):
+    dirs = make_folders(tmp_path / "in", n=1, cams=("visible",))
+    _bad(tmp_path, capsys, ["--images", f"visible={dirs['visible']}", "--model", "fisheye", "--fix-aspect"],
+         "--fix-aspect applies to the pinhole model only")
+
+
 def _bad(tmp_path, capsys, args, expect):
     out = tmp_path / "out"
     code, err = _run(["calibrate", "--board", "ir_board", *args, "--out", str(out)], capsys)
@@ -188,4 +205,4 @@ def test_sim_default(tmp_path, capsys):
     cal = load_calibration(tmp_path / "calibration.yaml")
     assert cal.cameras["visible"].image_size == (1920, 1200) and cal.cameras["lwir"].image_size == (640, 512)
     assert cal.homography.plane_distance_m == 15.0 and (tmp_path / "rig.ply").is_file()
-    assert "render_s" in err
+    assert "render_s" in err and "render_cpu_s" in err and "total_without_render_s" in err
