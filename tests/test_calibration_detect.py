@@ -65,3 +65,51 @@ def test_charuco_partial_view(sim_rig):
     assert d is not None and 6 <= len(d) < board.n_points
     err = np.linalg.norm(d.image_points - view.corners["visible"][d.ids], axis=1)
     assert err.mean() < 0.3
+
+
+# --------------------------------------------------------------------------- search order and phantoms
+def test_visible_found_by_the_cheap_classic_search(sim_rig):
+    board = load_board("ir_board")
+    R, t = board_pose_plan(sim_rig, board, 1, seed=3, cameras=["visible"])[0]
+    view = BoardViewRenderer(sim_rig, board).render(R, t, np.random.default_rng(0), ["visible"])
+    out = detect(view.images["visible"], board)
+    d = out.detection
+    assert d is not None and d.method == "classic" and out.tried == ("plain",)
+    err = np.linalg.norm(d.image_points - view.corners["visible"], axis=1)
+    assert err.mean() < 0.05 and err.max() < 0.15  # half-resolution search, full-resolution cornerSubPix
+
+
+def test_faint_lwir_found_without_the_exhaustive_search(ir_views):
+    board, _, view = ir_views
+    out = detect(view.images["lwir"], board, thermal=True)
+    assert out.detection is not None and out.detection.method == "sb"
+    assert not any("exhaustive" in t for t in out.tried)
+    err = np.linalg.norm(out.detection.image_points - view.corners["lwir"], axis=1)
+    assert err.mean() < 0.5  # SB's CALIB_CB_ACCURACY fit (cornerSubPix gave 0.9 px at this contrast)
+
+
+def test_exhaustive_search_is_the_last_resort(ir_views):
+    board, _, _ = ir_views
+    blank = np.full((512, 640), 8000, np.uint16)
+    quick = detect(blank, board, thermal=True, exhaustive=False)
+    assert quick.detection is None and not any("exhaustive" in t for t in quick.tried)
+    full = detect(blank, board, thermal=True)
+    ex = [t for t in full.tried if "exhaustive" in t]
+    assert full.tried[:len(quick.tried)] == quick.tried  # every variant cheaply first
+    assert ex == ["flat+denoise+clahe (exhaustive)", "flat+denoise (exhaustive)", "plain (exhaustive)"]
+
+
+@pytest.mark.parametrize("index", [6, 26])
+def test_board_cut_by_the_lwir_border_gives_no_shifted_grid(sim_rig, index):
+    """The rig calibration's pose plan puts boards partly outside the LWIR image; the exhaustive
+    search then returned a 9x6 grid with a phantom column on the board's edge (300 px off)."""
+    from rig.calibration.plan import coverage_pose_plan
+
+    board = load_board("ir_board")
+    names = [c.name for c in sim_rig.cameras if c.driver == "sim"]
+    R, t = coverage_pose_plan(sim_rig, board, 40, seed=1, cameras=names)[index]
+    view = BoardViewRenderer(sim_rig, board).render(R, t, np.random.default_rng(1000 + index), ["lwir"])
+    truth = view.corners["lwir"]
+    assert not ((truth >= 0) & (truth <= [639, 511])).all(axis=1).all()  # some corners out of view
+    out = detect(view.images["lwir"], board, thermal=True)
+    assert out.detection is None and "phantom" in out.reason
