@@ -355,9 +355,9 @@ def find_markers(gray: np.ndarray, board: Board) -> tuple[np.ndarray | None, np.
 
 
 #: Preprocessing variants worth the exhaustive SB search, in order. On vimslab_thermal every
-#: board that only the exhaustive search found was found in ``flat+denoise+clahe``; the last two
-#: LWIR variants never were: skipping them halves the cost of an image without a complete board.
-EXHAUSTIVE_VARIANTS: tuple[str, ...] = ("flat+denoise+clahe", "flat+denoise", "plain", "clahe")
+#: board that only the exhaustive search found was found in ``flat+denoise+clahe``; ``plain`` and the
+#: last two LWIR variants never were: skipping them halves the cost of an image without a complete board.
+EXHAUSTIVE_VARIANTS: tuple[str, ...] = ("flat+denoise+clahe", "flat+denoise", "clahe", "plain")
 
 
 def detect(image: np.ndarray, board: Board, *, thermal: bool = False, detectors: tuple[str, ...] = ("sb", "classic"),
@@ -423,8 +423,8 @@ def detect(image: np.ndarray, board: Board, *, thermal: bool = False, detectors:
             return out
     if exhaustive and "sb" in detectors:  # pass 2: the exhaustive search, last resort
         for name, gray in sorted(seen, key=lambda v: EXHAUSTIVE_VARIANTS.index(v[0]) if v[0] in EXHAUSTIVE_VARIANTS else 99):
-            if name not in EXHAUSTIVE_VARIANTS:
-                continue
+            if name not in EXHAUSTIVE_VARIANTS or (thermal and name == "plain"):
+                continue  # LWIR boards strong enough for the plain variant are found by the cheap searches
             tried.append(f"{name} (exhaustive)")
             out = attempt(name, gray, ("sb-exhaustive",), True)
             if out is not None:

@@ -96,7 +96,7 @@ def test_exhaustive_search_is_the_last_resort(ir_views):
     full = detect(blank, board, thermal=True)
     ex = [t for t in full.tried if "exhaustive" in t]
     assert full.tried[:len(quick.tried)] == quick.tried  # every variant cheaply first
-    assert ex == ["flat+denoise+clahe (exhaustive)", "flat+denoise (exhaustive)", "plain (exhaustive)"]
+    assert ex == ["flat+denoise+clahe (exhaustive)", "flat+denoise (exhaustive)"]  # where it ever helped
 
 
 @pytest.mark.parametrize("index", [6, 26])
