@@ -4,9 +4,14 @@ Every detector returns a :class:`Detection` whose ``ids`` index
 :meth:`rig.boards.Board.object_points`, so views of one board by different
 cameras correspond point by point (what joint calibration needs).
 
-* chessboard: ``findChessboardCornersSB`` first, then the classic
-  ``findChessboardCorners``; either way corners are refined with ``cornerSubPix``
-  at full resolution (large images are searched at half resolution first).
+* chessboard: cheap searches first, on every preprocessing variant: visible
+  images the classic ``findChessboardCorners`` (milliseconds) then
+  ``findChessboardCornersSB`` without exhaustive search; LWIR the other way
+  round, SB's ``CALIB_CB_ACCURACY`` fit being the more accurate on blurry,
+  noisy frames. Only when all fail, the exhaustive SB search (0.2-0.5 s) on the
+  variants where it ever helped. Large images are searched at half resolution;
+  corners are refined with ``cornerSubPix`` at full resolution (window 0.4 x the
+  corner spacing, at most 11: a wider window drifts to neighbouring corners).
 * symmetric / asymmetric circle grids: ``findCirclesGrid`` (both polarities).
 * ChArUco: ``CharucoDetector`` + ``Board.matchImagePoints`` (OpenCV 5 has no
   ``calibrateCameraCharuco``); aprilgrid: ``ArucoDetector`` + ``matchImagePoints``.
@@ -18,7 +23,8 @@ corner 0 is printed black. For LWIR with ``polarity: auto`` the printed white is
 recognised as the material of the board's margin, which also gives the polarity.
 
 A full-grid detection that fails :func:`grid_sanity` (non-convex outer quad,
-folded cells, wildly uneven spacing) is rejected with a reason.
+folded cells, wildly uneven spacing) or :func:`outer_ring_check` (a phantom row
+or column on the edge of a board cut by the image border) is rejected with a reason.
 """
 
 from __future__ import annotations
