@@ -35,8 +35,26 @@ class _RichHelpFormatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+class RichArgumentParser(argparse.ArgumentParser):
+    """argparse with help rendered by rich: section headings, options and commands highlighted."""
+
+    def print_help(self, file=None) -> None:  # noqa: D401 - argparse API
+        import re
+
+        try:
+            from rich.console import Console
+            from rich.text import Text
+        except ImportError:  # pragma: no cover
+            return super().print_help(file)
+        text = Text(self.format_help())
+        text.highlight_regex(r"(?m)^(usage|options|positional arguments|[a-z ]+ arguments):", "bold yellow")
+        text.highlight_regex(r"(?<![\w-])--?[a-zA-Z][\w-]*", "cyan")
+        text.highlight_regex(r"(?m)^    (?P<cmd>[a-z][\w-]+)(?=\s)", "bold green")
+        Console(file=file, highlight=False, soft_wrap=False).print(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = RichArgumentParser(
         prog="rig",
         description="Visible + LWIR camera rig: calibrate, record, register, fuse and segment.",
         epilog="Run 'rig COMMAND --help' for a command's options. Without --rig, commands use the simulated rig.",
@@ -44,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rig {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=RichArgumentParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
