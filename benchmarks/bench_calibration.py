@@ -26,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+
 from rig.boards import Board, load_board
 from rig.calibration import homography as hg
 from rig.calibration.detect import detect
@@ -129,56 +131,85 @@ def plain_calibrate(points: dict[str, ViewPoints], size):
     return rms, K, D.ravel()
 
 
-def bench_accuracy(rig, views: int) -> None:
+def _single_run_points(rig, board, views: int, seed: int) -> CalibrationRun:
+    """What one `rig calibrate` run sees on the sim: coverage views per camera + simultaneous views."""
     from rig.capture.sim.views import board_pose_plan
 
-    section(f"accuracy vs sim ground truth (corner noise 0.2 px, {views} views per stage)")
-    board = load_board("ir_board")
-    rng = np.random.default_rng(0)
-    ours, plain = {}, {}
-    print(f"{'quantity':34s} {'rig':>10s} {'plain':>10s} {'tolerance':>10s}")
-    for c in ("visible", "lwir"):
-        run = _noisy(rig, board, coverage_pose_plan(rig, board, views, seed=0, cameras=[c]), [c], rng)
-        r = solve(run).intrinsics[c]
-        ours[c] = r
-        _, Kp, Dp = plain_calibrate(run.points[c], run.image_sizes[c])
-        plain[c] = (Kp, Dp)
-        spec = rig.camera(c).sim
-        obs = np.concatenate([v.image_points for v in r.views])
-        for label, (K, D) in (("rig", (r.K, r.dist)), ("plain", (Kp, Dp))):
-            pass
-        f = lambda K: 100 * max(abs(K[0, 0] / spec.K[0, 0] - 1), abs(K[1, 1] / spec.K[1, 1] - 1))
-        p = lambda K: np.abs(K[:2, 2] - spec.K[:2, 2]).max()
-        dd = lambda K, D: max_distortion_difference(K, D, spec.K, spec.dist, r.image_size, within=obs)
-        dfull = lambda K, D: max_distortion_difference(K, D, spec.K, spec.dist, r.image_size)
-        print(f"{c + ' focal error %':34s} {f(r.K):>10.3f} {f(Kp):>10.3f} {'0.2':>10s}")
-        print(f"{c + ' principal point px':34s} {p(r.K):>10.2f} {p(Kp):>10.2f} {'1':>10s}")
-        print(f"{c + ' distortion px (observed area)':34s} {dd(r.K, r.dist):>10.2f} {dd(Kp, Dp):>10.2f} {'0.3':>10s}")
-        print(f"{c + ' distortion px (whole image)':34s} {dfull(r.K, r.dist):>10.2f} {dfull(Kp, Dp):>10.2f} {'0.3':>10s}")
-    joint_plan = board_pose_plan(rig, board, views, seed=0)
-    run = _noisy(rig, board, joint_plan, ["visible", "lwir"], rng)
-    from rig.calibration.results import CameraCalibration
+    rng = np.random.default_rng(seed)
+    run = CalibrationRun(board)
+    for prefix, plan, cams in (("v", coverage_pose_plan(rig, board, views, seed=seed, cameras=["visible"]), ["visible"]),
+                               ("l", coverage_pose_plan(rig, board, views, seed=seed, cameras=["lwir"]), ["lwir"]),
+                               ("j", board_pose_plan(rig, board, views, seed=seed), ["visible", "lwir"])):
+        part = _noisy(rig, board, plan, cams, rng)
+        for c in cams:
+            run.points.setdefault(c, {}).update(
+                {prefix + k: ViewPoints(prefix + k, v.image_points, v.object_points, v.ids) for k, v in part.points[c].items()})
+            run.image_sizes[c] = part.image_sizes[c]
+    return run
 
-    cams = {c: CameraCalibration(c, "pinhole", ours[c].image_size, ours[c].K, ours[c].dist) for c in ours}
-    j = solve(run, CalibrateOptions(intrinsics_for=()), existing=Calibration(cams))
+
+def bench_accuracy(rig, views: int, seeds: int = 5) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_registration import true_misalignment
+
+    from rig.registration.geometry import RegistrationGeometry
+
+    section(f"accuracy vs sim ground truth (corner noise 0.2 px, {views} views per stage, {seeds} seeds)")
+    board = load_board("ir_board")
     lw, vs = rig.camera("lwir").sim, rig.camera("visible").sim
     R_gt, t_gt = lw.R.T, -lw.R.T @ lw.t
-    obj = [v.object_points.astype(np.float32) for v in run.points["visible"].values()]
-    iv = [v.image_points.astype(np.float32) for v in run.points["visible"].values()]
-    il = [v.image_points.astype(np.float32) for v in run.points["lwir"].values()]
-    out = cv2.stereoCalibrate(obj, iv, il, plain["visible"][0], plain["visible"][1], plain["lwir"][0], plain["lwir"][1],
-                              (1920, 1200), flags=cv2.CALIB_FIX_INTRINSIC)
-    Rp, tp = out[5].T, -out[5].T @ out[6].ravel()
-    Hgt = hg.plane_homography(vs.K, lw.K, R_gt, t_gt, rig.plane_distance_m)
-    u, v = np.meshgrid(np.linspace(0, 639, 17), np.linspace(0, 511, 17))
-    grid = np.c_[u.ravel(), v.ravel()]
-    Hp = hg.plane_homography(plain["visible"][0], plain["lwir"][0], Rp, tp, rig.plane_distance_m)
-    herr = lambda H: (np.linalg.norm(hg.apply_h(H, grid) - hg.apply_h(Hgt, grid), axis=1) * j.registration.scale).max()
-    print(f"{'rotation deg':34s} {rotation_angle_deg(j.stereo.R @ R_gt.T):>10.3f} {rotation_angle_deg(Rp @ R_gt.T):>10.3f} {'0.05':>10s}")
-    print(f"{'translation mm':34s} {1000 * np.linalg.norm(j.stereo.t - t_gt):>10.2f} {1000 * np.linalg.norm(tp - t_gt):>10.2f} {'1':>10s}")
-    print(f"{'homography at plane, 800x600 px':34s} {herr(j.homography.H):>10.2f} {herr(Hp):>10.2f} {'0.3':>10s}")
-    print(f"rig uncertainty: rotation {j.stereo.std_rotation_deg.round(3)} deg, translation {(1000 * j.stereo.std_translation_m).round(2)} mm; "
-          f"epipolar {j.stereo.epipolar_px['visible']['mean']:.3f} px (visible)")
+    rows: dict[str, dict[str, list[float]]] = {}
+
+    def add(name, ours, plain):
+        rows.setdefault(name, {"rig": [], "plain": []})
+        rows[name]["rig"].append(ours)
+        rows[name]["plain"].append(plain)
+
+    for seed in range(seeds):
+        run = _single_run_points(rig, board, views, seed)
+        j = solve(run)
+        plain = {c: plain_calibrate(run.points[c], run.image_sizes[c])[1:] for c in ("visible", "lwir")}
+        joint = [n for n in run.points["visible"] if n.startswith("j")]
+        obj = [run.points["visible"][n].object_points.astype(np.float32) for n in joint]
+        iv = [run.points["visible"][n].image_points.astype(np.float32) for n in joint]
+        il = [run.points["lwir"][n].image_points.astype(np.float32) for n in joint]
+        out = cv2.stereoCalibrate(obj, iv, il, plain["visible"][0], plain["visible"][1], plain["lwir"][0], plain["lwir"][1],
+                                  (1920, 1200), flags=cv2.CALIB_FIX_INTRINSIC)
+        Rp, tp = out[5].T, -out[5].T @ out[6].ravel()
+        for c, spec in (("visible", vs), ("lwir", lw)):
+            r = j.intrinsics[c]
+            Kp, Dp = plain[c]
+            obs = np.concatenate([v.image_points for v in r.views])
+            f = lambda K: 100 * max(abs(K[0, 0] / spec.K[0, 0] - 1), abs(K[1, 1] / spec.K[1, 1] - 1))  # noqa: E731
+            pp = lambda K: np.abs(K[:2, 2] - spec.K[:2, 2]).max()  # noqa: E731
+            add(f"{c} focal error %", f(r.K), f(Kp))
+            add(f"{c} principal point px", pp(r.K), pp(Kp))
+            add(f"{c} distortion px (observed area)",
+                max_distortion_difference(r.K, r.dist, spec.K, spec.dist, r.image_size, within=obs),
+                max_distortion_difference(Kp, Dp, spec.K, spec.dist, r.image_size, within=obs))
+        add("rotation deg", rotation_angle_deg(j.stereo.R @ R_gt.T), rotation_angle_deg(Rp @ R_gt.T))
+        add("translation mm", 1000 * np.linalg.norm(j.stereo.t - t_gt), 1000 * np.linalg.norm(tp - t_gt))
+        # End to end at the working plane: raw LWIR px -> 800x600 output vs where the visible camera sees it.
+        crop, size = j.registration.crop, j.registration.output_size
+        iv_, il_ = j.intrinsics["visible"], j.intrinsics["lwir"]
+        g_rig = RegistrationGeometry(size, crop, iv_.K, iv_.dist, iv_.image_size, il_.K, il_.dist, il_.image_size,
+                                     j.homography.H)
+        Hp = hg.plane_homography(plain["visible"][0], plain["lwir"][0], Rp, tp, rig.plane_distance_m)
+        g_plain = RegistrationGeometry(size, crop, plain["visible"][0], plain["visible"][1], iv_.image_size,
+                                       plain["lwir"][0], plain["lwir"][1], il_.image_size, Hp)
+        add("registration at plane, max px (800x600)", true_misalignment(rig, g_rig, rig.plane_distance_m).max(),
+            true_misalignment(rig, g_plain, rig.plane_distance_m).max())
+    tol = {"focal error %": "0.2", "principal point px": "1", "distortion px (observed area)": "0.3",
+           "rotation deg": "0.05", "translation mm": "1", "registration at plane, max px (800x600)": "0.3"}
+    print(f"{'quantity (median / worst of seeds)':42s} {'rig':>16s} {'plain OpenCV':>16s} {'tolerance':>10s}")
+    for name, vals in rows.items():
+        t = next((v for k, v in tol.items() if name.endswith(k)), "")
+        fmt = lambda xs: f"{np.median(xs):.3f} / {np.max(xs):.3f}"  # noqa: E731
+        print(f"{name:42s} {fmt(vals['rig']):>16s} {fmt(vals['plain']):>16s} {t:>10s}")
+    print("rig: per-camera calibration, stereo initialisation, then a joint bundle adjustment of both cameras; the crop\n"
+          "stays inside the observed corners. plain: calibrateCamera per camera + stereoCalibrate(FIX_INTRINSIC),\n"
+          "measured in the same crop. Rotation is limited by the LWIR principal point (0.7 px of c_x = 0.05 deg),\n"
+          "which trades off against it without moving the registration.")
 
 
 def bench_rendered(rig, views: int) -> None:
