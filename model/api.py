@@ -81,8 +81,12 @@ def check_pair(visible: np.ndarray, lwir: np.ndarray) -> tuple[np.ndarray, np.nd
     return visible, lwir, batched
 
 
+OUTPUT_NORMALIZATIONS = ("minmax", "none")
+
+
 def fuse_and_segment(visible: np.ndarray, lwir: np.ndarray, model=None, *, device: str | None = None,
-                     precision: str = "fp32", batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                     precision: str = "fp32", batch_size: int = 4,
+                     normalize: str = "minmax") -> tuple[np.ndarray, np.ndarray]:
     """Fuse and segment registered pairs in one call (see the module doc for shapes).
 
     Args:
@@ -91,11 +95,21 @@ def fuse_and_segment(visible: np.ndarray, lwir: np.ndarray, model=None, *, devic
         device: where to run; default: the model's device.
         precision: ``"fp32"`` or ``"bf16"`` (autocast; CPU or CUDA).
         batch_size: pairs per forward pass.
+        normalize: ``"minmax"`` stretches each fused luminance to the full 0-255
+            range, as the reference implementation's fusion network does with its
+            output; ``"none"`` returns the network's luminance as is. Segmentation
+            always sees the un-stretched fused image (what it was trained on).
     """
     import torch
 
+    from rig.model.color import replace_luminance
+    from rig.model.segmif import minmax_normalize
+
     if precision not in ("fp32", "bf16"):
         raise RigError(f"precision must be 'fp32' or 'bf16', got {precision!r}", key="precision")
+    if normalize not in OUTPUT_NORMALIZATIONS:
+        raise RigError(f"normalize must be one of {', '.join(OUTPUT_NORMALIZATIONS)}, got {normalize!r}",
+                       key="normalize")
     vis, ir, batched = check_pair(visible, lwir)
     if model is None:
         model = load_model(device=device or "cpu")
@@ -109,7 +123,10 @@ def fuse_and_segment(visible: np.ndarray, lwir: np.ndarray, model=None, *, devic
             v = torch.from_numpy(vis[i:i + batch_size]).to(dev).permute(0, 3, 1, 2).float() / 255.0
             t = torch.from_numpy(ir[i:i + batch_size]).to(dev)[:, None].float() / 255.0
             out = model(v, t)
-            fused = (out.fused_rgb.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+            fused_rgb = out.fused_rgb.float()
+            if normalize == "minmax":
+                fused_rgb = replace_luminance(v.float(), minmax_normalize(out.fused_y.float()))
+            fused = (fused_rgb.clamp(0, 1) * 255.0).round().to(torch.uint8)
             fused_out[i:i + batch_size] = fused.permute(0, 2, 3, 1).cpu().numpy()
             labels_out[i:i + batch_size] = out.logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
     if not batched:

@@ -129,6 +129,13 @@ class SegMiFOutput(NamedTuple):
     logits: torch.Tensor  # (B, classes, H, W) segmentation logits at input resolution
 
 
+def minmax_normalize(y: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Stretch each image of ``(B, 1, H, W)`` to span [0, 1] (the reference implementation's output step)."""
+    lo = y.amin(dim=(1, 2, 3), keepdim=True)
+    hi = y.amax(dim=(1, 2, 3), keepdim=True)
+    return (y - lo) / (hi - lo).clamp_min(eps)
+
+
 def initial_fusion(y_vis: torch.Tensor, lwir: torch.Tensor) -> torch.Tensor:
     """Parameter-free initial luminance for the first pass: the pixel mean."""
     return 0.5 * (y_vis + lwir)

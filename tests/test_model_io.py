@@ -137,9 +137,47 @@ def test_bad_inputs_give_clear_errors(vis_shape, vis_dtype, ir_shape, ir_dtype, 
     assert e.value.key == key
 
 
+def test_output_normalization(tiny_ckpt: Path) -> None:
+    from rig.model.color import replace_luminance
+    from rig.model.segmif import minmax_normalize
+
+    y = torch.tensor([[[[0.2, 0.4], [0.6, 0.3]]]])
+    torch.testing.assert_close(minmax_normalize(y), torch.tensor([[[[0.0, 0.5], [1.0, 0.25]]]]))
+    model = rm.load_model(tiny_ckpt)
+    rng = np.random.default_rng(1)
+    vis = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    ir = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+    raw, labels_raw = rm.fuse_and_segment(vis, ir, model, normalize="none")
+    stretched, labels = rm.fuse_and_segment(vis, ir, model)
+    v = torch.from_numpy(vis).permute(2, 0, 1)[None].float() / 255
+    t = torch.from_numpy(ir)[None, None].float() / 255
+    with torch.inference_mode():
+        out = model(v, t)
+    expected_raw = (out.fused_rgb.clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).numpy()
+    expected = (replace_luminance(v, minmax_normalize(out.fused_y)) * 255).round().byte()[0].permute(1, 2, 0).numpy()
+    assert np.abs(raw.astype(int) - expected_raw).max() <= 1
+    assert np.abs(stretched.astype(int) - expected).max() <= 1
+    assert np.array_equal(labels, labels_raw)  # segmentation does not see the stretch
+    with pytest.raises(RigError, match="normalize must be one of minmax, none"):
+        rm.fuse_and_segment(vis, ir, model, normalize="gamma")
+
+
 def test_bad_precision_and_device(tiny_ckpt: Path) -> None:
     with pytest.raises(RigError, match="precision"):
         rm.fuse_and_segment(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8), object(), precision="fp8")
     if not torch.cuda.is_available():
         with pytest.raises(RigError, match="no CUDA device"):
             rm.load_model(tiny_ckpt, device="cuda")
+
+
+def test_bundled_weights_ship_and_load() -> None:
+    path = rm.bundled_weights_path()
+    assert path.is_file(), "model/weights/segmif_cpu.pt is part of the package"
+    assert path.stat().st_size <= 25 * 1024 * 1024
+    payload = read_checkpoint(path)
+    assert payload["model_version"] == rm.MODEL_VERSION
+    assert "seg_optimizer" not in payload  # exported without training state
+    model = rm.load_model()
+    assert model.config == rm.get_config("cpu") and not model.training
+    fused, labels = rm.fuse_and_segment(np.zeros((40, 56, 3), np.uint8), np.zeros((40, 56), np.uint8), model)
+    assert fused.shape == (40, 56, 3) and labels.shape == (40, 56)
