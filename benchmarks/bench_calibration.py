@@ -32,10 +32,9 @@ from rig.boards import Board, load_board
 from rig.calibration import homography as hg
 from rig.calibration.detect import detect
 from rig.calibration.intrinsics import IntrinsicsOptions, ViewPoints, calibrate_intrinsics, max_distortion_difference
-from rig.calibration.pipeline import CalibrateOptions, CalibrationRun, detect_views, solve
-from rig.calibration.plan import coverage_pose_plan
-from rig.calibration.results import Calibration
+from rig.calibration.pipeline import CalibrateOptions, detect_views, solve
 from rig.calibration.stereo import rotation_angle_deg
+from rig.calibration.synthetic import synthetic_single_run
 from rig.rigconfig import load_rig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -108,44 +107,11 @@ def bench_vimslab() -> None:
         print(f"{cam:8s} {n:>6d} {a:>11d} {b:>10d} {c:>5d} {t_rig / max(n, 1):>10.2f}")
 
 
-def _noisy(rig, board, plan, cams, rng):
-    from rig.capture.sim.views import camera_model, pose_in_camera
-
-    run = CalibrationRun(board)
-    obj = board.object_points()
-    for c in cams:
-        spec = rig.camera(c)
-        m = camera_model(spec)
-        run.points[c], run.image_sizes[c] = {}, m.size
-        for i, (R, t) in enumerate(plan):
-            Rc, tc = pose_in_camera(spec, R, t)
-            px = m.project(obj @ Rc.T + tc) + rng.normal(0, 0.2, (len(obj), 2))
-            run.points[c][f"v{i:02d}"] = ViewPoints(f"v{i:02d}", px, obj, np.arange(len(obj)))
-    return run
-
-
 def plain_calibrate(points: dict[str, ViewPoints], size):
     obj = [v.object_points.astype(np.float32) for v in points.values()]
     img = [v.image_points.astype(np.float32) for v in points.values()]
     rms, K, D, _, _ = cv2.calibrateCamera(obj, img, size, None, None)
     return rms, K, D.ravel()
-
-
-def _single_run_points(rig, board, views: int, seed: int) -> CalibrationRun:
-    """What one `rig calibrate` run sees on the sim: coverage views per camera + simultaneous views."""
-    from rig.capture.sim.views import board_pose_plan
-
-    rng = np.random.default_rng(seed)
-    run = CalibrationRun(board)
-    for prefix, plan, cams in (("v", coverage_pose_plan(rig, board, views, seed=seed, cameras=["visible"]), ["visible"]),
-                               ("l", coverage_pose_plan(rig, board, views, seed=seed, cameras=["lwir"]), ["lwir"]),
-                               ("j", board_pose_plan(rig, board, views, seed=seed), ["visible", "lwir"])):
-        part = _noisy(rig, board, plan, cams, rng)
-        for c in cams:
-            run.points.setdefault(c, {}).update(
-                {prefix + k: ViewPoints(prefix + k, v.image_points, v.object_points, v.ids) for k, v in part.points[c].items()})
-            run.image_sizes[c] = part.image_sizes[c]
-    return run
 
 
 def bench_accuracy(rig, views: int, seeds: int = 5) -> None:
@@ -166,7 +132,7 @@ def bench_accuracy(rig, views: int, seeds: int = 5) -> None:
         rows[name]["plain"].append(plain)
 
     for seed in range(seeds):
-        run = _single_run_points(rig, board, views, seed)
+        run = synthetic_single_run(rig, board, views, seed)
         j = solve(run)
         plain = {c: plain_calibrate(run.points[c], run.image_sizes[c])[1:] for c in ("visible", "lwir")}
         joint = [n for n in run.points["visible"] if n.startswith("j")]

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from rig.camera_model import distort
-from rig.calibration.intrinsics import IntrinsicsResult, ViewPoints
+from rig.calibration.intrinsics import IntrinsicsResult
 
 N_INTR = 9  # fx fy cx cy k1 k2 p1 p2 k3
 

@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from rig.boards import Board
-from rig.capture.camera import Camera, CameraError, Frame, make_camera
+from rig.capture.camera import Camera, CameraError, Frame, make_camera, open_cameras
 from rig.errors import RigError
 from rig.pixfmt import normalize_16bit, pixel_format, to_gray8
 from rig.rigconfig import RigConfig
@@ -229,19 +229,12 @@ class CalibrationRecorder:
         missing = [n for n in self.require if n not in {c.name for c in cams}]
         if missing:
             raise RigError(f"required camera(s) {', '.join(missing)} not among the cameras given")
-        opened = []
+        open_cameras(cams)
         try:
-            for cam in cams:
-                try:
-                    cam.open()
-                    cam.configure()
-                except CameraError as exc:
-                    raise RigError(f"cannot start camera '{cam.name}': {exc}") from None
-                opened.append(cam)
             self._writer = SessionWriter.create(self.path, self.rig, cameras=[c.name for c in cams],
                                                 min_free_bytes=self.min_free_bytes, overwrite=self.overwrite)
         except BaseException:
-            for cam in opened:
+            for cam in cams:
                 cam.close()
             raise
         self._cams = list(cams)

@@ -180,6 +180,28 @@ def now_ns() -> tuple[int, int]:
     return time.monotonic_ns(), time.time_ns()
 
 
+def open_cameras(cameras: list[Camera]) -> None:
+    """Open and configure every camera; on a failure close the ones already opened and raise.
+
+    A camera that cannot start gives :class:`~rig.errors.RigError` ("cannot start camera 'NAME': ...").
+    """
+    from rig.errors import RigError
+
+    opened: list[Camera] = []
+    try:
+        for cam in cameras:
+            try:
+                cam.open()
+                cam.configure()
+            except CameraError as exc:
+                raise RigError(f"cannot start camera '{cam.name}': {exc}") from None
+            opened.append(cam)
+    except BaseException:
+        for cam in opened:
+            cam.close()
+        raise
+
+
 def make_camera(spec: CameraSpec, **kwargs) -> Camera:
     """Build the driver named by ``spec.driver`` (no I/O until ``open()``)."""
     if spec.driver == "sim":

@@ -195,7 +195,6 @@ def _record_drive(args, rig, out: Path, console) -> int:
 def _record_calibration(args, rig, out: Path, console) -> int:
     from rig.boards import load_board
     from rig.capture.calib_record import CalibrationRecorder, CoverageGoal, sim_cameras_for_board
-    from rig.capture.dashboard import Dashboard  # noqa: F401  (same console conventions)
 
     board = load_board(args.board)
     cams = None

@@ -76,7 +76,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from rig.capture.camera import Camera, CameraError, Frame, FrameFlags, make_camera
+from rig.capture.camera import Camera, CameraError, Frame, FrameFlags, make_camera, open_cameras
 from rig.errors import RigError
 from rig.rigconfig import RigConfig
 from rig.session import HEADER_SIZE, DiskFullError, FrameRecord, SessionWriter, pair_by_counter, pair_by_timestamp
@@ -288,15 +288,8 @@ class Recorder:
         for cam in cams:
             if cam.name not in names:
                 raise RigError(f"camera '{cam.name}' is not part of rig '{self.rig.name}'", path=self.rig.source)
-        opened: list[Camera] = []
+        open_cameras(cams)
         try:
-            for cam in cams:
-                try:
-                    cam.open()
-                    cam.configure()
-                except CameraError as exc:
-                    raise RigError(f"cannot start camera '{cam.name}': {exc}") from None
-                opened.append(cam)
             if self.gps_port:
                 from rig.capture.gps import GpsReader
 
@@ -306,7 +299,7 @@ class Recorder:
                                                 calibration=self.calibration, min_free_bytes=self.min_free_bytes,
                                                 overwrite=self.overwrite)
         except BaseException:
-            for cam in opened:
+            for cam in cams:
                 cam.close()
             if self._gps is not None:
                 self._gps.close()

@@ -62,7 +62,7 @@ class RegistrationGeometry:
         size = tuple(output_size) if output_size else tuple(cal.registration.output_size)
         if output_size and abs(output_size[0] / output_size[1] - crop[2] / crop[3]) > 0.01:
             # Keep the calibrated crop's centre and width; adapt its height to the requested aspect.
-            cx, cy = crop[0] + crop[2] / 2, crop[1] + crop[3] / 2
+            cy = crop[1] + crop[3] / 2
             h = crop[2] * output_size[1] / output_size[0]
             crop = (crop[0], cy - h / 2, crop[2], h)
         return cls(size, tuple(map(float, crop)), v.K, np.ravel(v.dist), tuple(v.image_size), l.K, np.ravel(l.dist),

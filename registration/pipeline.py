@@ -28,7 +28,7 @@ from rig.errors import RigError
 from rig.pixfmt import to_rgb
 from rig.registration.dataset import FUSE_DIRS, REGISTER_DIRS, OutputDataset, file_sha256, frame_name, write_png
 from rig.registration.geometry import RegistrationGeometry, RemapTables, coverage, remap_tables
-from rig.session import FrameRecord, Pair, SessionReader
+from rig.session import Pair, SessionReader
 
 
 @dataclass(frozen=True)

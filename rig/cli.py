@@ -39,8 +39,6 @@ class RichArgumentParser(argparse.ArgumentParser):
     """argparse with help rendered by rich: section headings, options and commands highlighted."""
 
     def print_help(self, file=None) -> None:  # noqa: D401 - argparse API
-        import re
-
         try:
             from rich.console import Console
             from rich.text import Text

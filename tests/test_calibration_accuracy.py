@@ -14,28 +14,19 @@ import pytest
 
 from rig.boards import load_board
 from rig.calibration import homography as hg
-from rig.calibration.intrinsics import ViewPoints, max_distortion_difference
+from rig.calibration.intrinsics import max_distortion_difference
 from rig.calibration.pipeline import CalibrateOptions, CalibrationRun, build_calibration, solve
 from rig.calibration.plan import coverage_pose_plan
 from rig.calibration.results import Calibration
 from rig.calibration.stereo import rotation_angle_deg
-from rig.capture.sim.views import board_pose_plan, camera_model, pose_in_camera
+from rig.calibration.synthetic import synthetic_run, synthetic_single_run
+from rig.capture.sim.views import board_pose_plan
 
 SIGMA = 0.2
 
 
 def _points(rig, board, plan, cams, rng):
-    run = CalibrationRun(board)
-    obj = board.object_points()
-    for c in cams:
-        spec = rig.camera(c)
-        m = camera_model(spec)
-        run.points[c], run.image_sizes[c] = {}, m.size
-        for i, (R, t) in enumerate(plan):
-            Rc, tc = pose_in_camera(spec, R, t)
-            px = m.project(obj @ Rc.T + tc) + rng.normal(0, SIGMA, (len(obj), 2))
-            run.points[c][f"v{i:02d}"] = ViewPoints(f"v{i:02d}", px, obj, np.arange(len(obj)))
-    return run
+    return synthetic_run(rig, board, plan, cams, rng, SIGMA)
 
 
 @pytest.fixture(scope="module")
@@ -77,19 +68,8 @@ def test_extrinsics_accuracy(sim_rig, calibrated):
 
 
 def _single_run(rig, board, seed: int, n: int = 40) -> CalibrationRun:
-    """One `rig calibrate` run as on the sim: coverage views for each camera plus simultaneous views,
-    every camera observing the views it sees; intrinsics and extrinsics solved together."""
-    rng = np.random.default_rng(seed)
-    run = CalibrationRun(board)
-    for prefix, plan, cams in (("v", coverage_pose_plan(rig, board, n, seed=seed, cameras=["visible"]), ["visible"]),
-                               ("l", coverage_pose_plan(rig, board, n, seed=seed, cameras=["lwir"]), ["lwir"]),
-                               ("j", board_pose_plan(rig, board, n, seed=seed), ["visible", "lwir"])):
-        part = _points(rig, board, plan, cams, rng)
-        for c in cams:
-            run.points.setdefault(c, {}).update(
-                {prefix + k: ViewPoints(prefix + k, v.image_points, v.object_points, v.ids) for k, v in part.points[c].items()})
-            run.image_sizes[c] = part.image_sizes[c]
-    return solve(run)
+    """One `rig calibrate` run as on the sim, solved (both cameras' intrinsics and extrinsics together)."""
+    return solve(synthetic_single_run(rig, board, n, seed, SIGMA))
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +168,6 @@ def test_crop_rectangle(calibrated, sim_rig):
     assert x >= 0 and y >= 0 and x + w <= 1920 and y + h <= 1200
     assert w >= 800  # no upsampling of the visible image (the crop stays where observed corners back the model)
     # Crop corners map inside the LWIR image (through H^-1 and LWIR distortion).
-    cam = sim_rig.camera("lwir")
     from rig.camera_model import CameraModel, distort
 
     corners = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])

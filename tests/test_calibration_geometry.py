@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
+
 
 from rig.calibration import homography as hg
 from rig.calibration.coverage import analyse_coverage

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
 
 from rig.boards import load_board
 

@@ -22,7 +22,7 @@ from rig.registration.pipeline import RegisterOptions, register_session
 from rig.session import SessionReader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from regfixtures import lwir_to_visible, record_sim_session, truth_calibration  # noqa: E402
+from regfixtures import record_sim_session, truth_calibration  # noqa: E402
 
 
 def true_misalignment(rig, geom: RegistrationGeometry, depth_m: float, grid: int = 25) -> np.ndarray:
@@ -206,8 +206,6 @@ def test_bad_input_messages(sim_rig, recorded, truth_cal, tmp_path):
 
 
 def test_corrupt_frames_are_skipped_and_listed(recorded, tmp_path):
-    from rig.session import HEADER_SIZE
-
     session = tmp_path / "corrupt"
     shutil.copytree(recorded, session)
     with SessionReader(session) as r:

@@ -230,7 +230,7 @@ def test_manifest_paths_are_confined(tmp_path, store, problem):
     (tmp_path / "s" / "manifest.yaml").write_text(yaml.safe_dump(m))
     with pytest.raises(RigError) as err:
         SessionReader(tmp_path / "s")
-    assert f"manifest.yaml: cameras.lwir.store: " in str(err.value) and problem in str(err.value)
+    assert "manifest.yaml: cameras.lwir.store: " in str(err.value) and problem in str(err.value)
 
 
 def test_symlink_escaping_the_session_is_refused(tmp_path):

@@ -11,7 +11,7 @@ from rig.camera_model import CameraModel, distort, undistort
 from rig.capture.camera import FrameFlags
 from rig.capture.sim.camera import BoardWorld, DriveWorld, SimCamera, make_sim_cameras, to_pixel_format
 from rig.capture.sim.render import ThermalLook
-from rig.capture.sim.scene import (CAR, PERSON, SKY, ROAD, FMB_CLASSES, make_scene, render_registered, render_scene,
+from rig.capture.sim.scene import (PERSON, SKY, ROAD, FMB_CLASSES, make_scene, render_registered, render_scene,
                                    drive_pose)
 from rig.capture.sim.views import BoardViewRenderer, board_pose_plan, camera_model
 from rig.pixfmt import normalize_16bit, to_rgb
