@@ -188,9 +188,13 @@ def test_realtime_pacing_and_lost_frames(sim_rig):
         t0 = time.monotonic()
         frames = [cam.grab() for _ in range(12)]
         assert 0.15 < time.monotonic() - t0 < 0.5  # 12 frames at 60 fps
-        time.sleep(0.1)  # the consumer stalls: ~6 frames are lost
+        time.sleep(0.1)  # a short stall (~6 frames): the 8-frame buffer keeps them all
+        buffered = [cam.grab() for _ in range(6)]
+        time.sleep(0.3)  # a long stall (~18 frames): the oldest are overwritten
         late = cam.grab()
-    assert late.flags & FrameFlags.GAP_BEFORE and late.frame_counter - frames[-1].frame_counter >= 5
+    assert [f.frame_counter for f in buffered] == list(range(12, 18)) and not any(f.flags for f in buffered)
+    assert np.allclose(np.diff([f.host_ns for f in frames + buffered]), 1e9 / 60, atol=1)  # arrival times
+    assert late.flags & FrameFlags.GAP_BEFORE and late.frame_counter - buffered[-1].frame_counter >= 8
 
 
 def test_to_pixel_format_bayer_roundtrip():

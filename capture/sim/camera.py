@@ -10,9 +10,10 @@ so worlds render *keyframes* (``keyframe_hz``, ahead of time in
 :meth:`SimWorld.prepare`) and each delivered frame is the keyframe at its
 time plus fresh sensor noise from a noise bank. Frames are paced in real
 time by default (``realtime=False`` delivers them as fast as they are asked
-for, with simulated timestamps: for tests and benchmarks). A consumer that
-falls behind loses frames, and the frame counter shows the gap, as with a
-real camera.
+for, with simulated timestamps: for tests and benchmarks). Like a driver's
+buffer queue, the newest ``buffer_frames`` frames wait for a late consumer;
+one that falls further behind loses frames, and the frame counter shows the
+gap, as with a real camera. Host timestamps are arrival times.
 
 The LWIR camera performs a flat-field correction every ``ffc_interval_s``:
 for ``ffc_duration_s`` its frames freeze and carry :attr:`FrameFlags.FFC`.
@@ -175,7 +176,8 @@ class SimCamera(Camera):
     """A simulated camera of the rig (``driver: sim``), delivering frames in its pixel format."""
 
     def __init__(self, spec: CameraSpec, world: SimWorld | None = None, *, realtime: bool = True, seed: int = 0,
-                 clock_start_ns: int | None = None, ffc_interval_s: float = 180.0, ffc_duration_s: float = 0.4):
+                 clock_start_ns: int | None = None, ffc_interval_s: float = 180.0, ffc_duration_s: float = 0.4,
+                 buffer_frames: int = 8):
         super().__init__(spec)
         if spec.sim is None:
             raise CameraError(f"{spec.name}: a sim camera needs a 'sim' section with its ground truth")
@@ -184,6 +186,7 @@ class SimCamera(Camera):
         self.seed = seed
         self.clock_start_ns = clock_start_ns
         self.ffc_interval_s, self.ffc_duration_s = ffc_interval_s, ffc_duration_s
+        self.buffer_frames = max(1, buffer_frames)  # frames the "driver" holds for a late consumer
         self._rng = np.random.default_rng(seed)
         self._noise = _NoiseBank()
         self._converted: dict[int, np.ndarray] = {}  # keyframe index -> raw frame
@@ -207,6 +210,7 @@ class SimCamera(Camera):
 
     def _start(self) -> None:
         self._t0_ns = self.clock_start_ns if self.clock_start_ns is not None else time.monotonic_ns()
+        self._wall0_ns = time.time_ns() - (time.monotonic_ns() - self._t0_ns)
         self._next = 0
 
     def _stop(self) -> None:
@@ -233,9 +237,12 @@ class SimCamera(Camera):
                     return None
                 time.sleep(wait)
             else:
-                behind = int((now - self._t0_ns) * self.spec.fps // 1e9)
-                if behind > self._next:  # the consumer fell behind: those frames are gone
-                    self._next = behind
+                # Like a driver's buffer queue: the newest ``buffer_frames`` frames wait for the consumer;
+                # older ones were overwritten and are lost (the frame counter shows the gap).
+                newest = int((now - self._t0_ns) * self.spec.fps // 1e9)
+                oldest_kept = newest - self.buffer_frames + 1
+                if oldest_kept > self._next:
+                    self._next = oldest_kept
                     flags |= FrameFlags.GAP_BEFORE
         index = self._next
         self._next += 1
@@ -243,8 +250,9 @@ class SimCamera(Camera):
         image, ffc = self._image(t)
         if ffc:
             flags |= FrameFlags.FFC
-        host = self.frame_time_ns(index) if not self.realtime else time.monotonic_ns()
-        wall = time.time_ns() if self.realtime else host
+        # Host timestamps are taken on arrival (as a driver does), not when the consumer picks the frame up.
+        host = self.frame_time_ns(index)
+        wall = self._wall0_ns + (host - self._t0_ns) if self.realtime else host
         return Frame(self.name, image, index, host, wall, device_ns=int(t * 1e9), flags=flags,
                      pixel_format=self.spec.pixel_format)
 
