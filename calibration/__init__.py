@@ -3,7 +3,7 @@
 Public API::
 
     from rig.calibration import load_calibration, Calibration
-    cal = load_calibration("calibration/sim.yaml")
+    cal = load_calibration("rig-calibration/sim.yaml")
     cal.cameras["lwir"].K, cal.homography.H   # H: undistorted LWIR px -> undistorted visible px
 
 Schema: ``calibration/SCHEMA.md``. Modules: ``detect``, ``thermal``, ``intrinsics``,

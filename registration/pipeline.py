@@ -112,7 +112,6 @@ def find_calibration(reader: SessionReader, explicit: Path | None) -> Path:
             rig = load_rig(rig_file)
             if rig.calibration is not None:
                 candidates.append(Path(rig.calibration))
-                candidates.append(Path("calibration") / f"{rig.name}.yaml")
         except RigError:
             pass
     for c in candidates:

@@ -63,8 +63,8 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(Rule("[bold green]done[/]"))
     console.print(f"finished in {time.perf_counter() - t_all:.0f} s. Where to look:")
     for what, path in (("calibration report", cal_dir / "report.html"), ("calibration", cal_dir / "calibration.yaml"),
-                       ("recording", session), ("registered data set (FMB layout)", fmb),
-                       ("contact sheet: visible | LWIR | overlay | fused | segmentation", fmb / "contact_sheet.html")):
-        console.print(f"  {what:<66} {path}")
-    console.print(f"  {'inspect the recording':<66} rig session info {session}")
+                       ("recording", session), ("FMB-layout data set", fmb), ("contact sheet", fmb / "contact_sheet.html")):
+        console.print(f"  {what:<20} {path}")
+    console.print(f"  {'inspect recording':<20} rig session info {session}")
+    console.print("  (the contact sheet shows visible | LWIR | overlay | fused | segmentation per frame)")
     return 0
