@@ -120,10 +120,6 @@ def raw_lwir_to_output(geom: RegistrationGeometry, p: np.ndarray) -> np.ndarray:
     return visible_to_output(geom, _apply_h(geom.H, _undistort_px(geom.K_l, geom.dist_l, np.asarray(p, float))))
 
 
-def raw_visible_to_output(geom: RegistrationGeometry, p: np.ndarray) -> np.ndarray:
-    return visible_to_output(geom, _undistort_px(geom.K_v, geom.dist_v, np.asarray(p, float)))
-
-
 @dataclass(frozen=True)
 class RemapTables:
     """``cv2.remap`` tables (float32, output-sized) into the raw visible and raw LWIR images."""

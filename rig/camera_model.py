@@ -90,8 +90,3 @@ class CameraModel:
             rays = self.unproject(np.stack([u, v], axis=-1))
             self._rays["rays"] = rays
         return rays
-
-
-def pose_compose(R_ab: np.ndarray, t_ab: np.ndarray, R_bc: np.ndarray, t_bc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Compose transforms: ``X_a = R_ab X_b + t_ab`` and ``X_b = R_bc X_c + t_bc`` give ``a <- c``."""
-    return R_ab @ R_bc, R_ab @ t_bc + t_ab
