@@ -260,6 +260,8 @@ class SessionWriter:
         self._events = open(path / "events.jsonl", "a", encoding="utf-8")
         self._events_lock = threading.Lock()
         self._free_checked_ns = 0
+        self._free_lock = threading.Lock()
+        self._in_flight = 0  # bytes granted by _check_free and still being written
         self._free_bytes = shutil.disk_usage(path).free
         self._closed = False
 
@@ -317,25 +319,37 @@ class SessionWriter:
             writer = self._writers[camera]
         except KeyError:
             raise ValueError(f"camera '{camera}' is not part of this session ({', '.join(self._writers)})") from None
-        self._check_free(image.nbytes + HEADER_SIZE + INDEX_SIZE)
-        return writer.write(image, frame_counter, host_ns, wall_ns, device_ns, flags)
+        nbytes = image.nbytes + HEADER_SIZE + INDEX_SIZE
+        self._check_free(nbytes)
+        try:
+            return writer.write(image, frame_counter, host_ns, wall_ns, device_ns, flags)
+        finally:
+            with self._free_lock:
+                self._in_flight -= nbytes
 
     def _check_free(self, nbytes: int) -> None:
-        now = time.monotonic_ns()
         # statvfs costs ~10 us; refresh it at most every 50 ms and account for writes in between.
-        if now - self._free_checked_ns > 50_000_000:
-            self._free_bytes = shutil.disk_usage(self.path).free
-            self._free_checked_ns = now
-        self._free_bytes -= nbytes
-        if self._free_bytes < self.min_free_bytes:
-            raise DiskFullError(
-                f"less than {self.min_free_bytes >> 20} MiB free on the disk; stopped before a write could fail",
-                path=self.path)
+        # One lock for all cameras' writer threads: two writes must not both spend the last bytes.
+        with self._free_lock:
+            now = time.monotonic_ns()
+            if now - self._free_checked_ns > 50_000_000:
+                # Writes granted but not yet on disk are not in statvfs yet: keep them spent.
+                self._free_bytes = shutil.disk_usage(self.path).free - self._in_flight
+                self._free_checked_ns = now
+            if self._free_bytes - nbytes < self.min_free_bytes:
+                self._free_checked_ns = 0  # re-measure next time: space may have been freed
+                raise DiskFullError(
+                    f"less than {self.min_free_bytes >> 20} MiB free on the disk; stopped before a write could fail",
+                    path=self.path)
+            self._free_bytes -= nbytes
+            self._in_flight += nbytes
 
     def log_event(self, kind: str, **data) -> None:
         """Append an event (``kind`` plus JSON-serialisable fields) to ``events.jsonl``."""
         entry = {"host_ns": time.monotonic_ns(), "wall_ns": time.time_ns(), "kind": kind, **data}
         line = json.dumps(entry, separators=(",", ":"), default=_json_default) + "\n"
+        with self._free_lock:  # the event log counts against the reserve too (never refused: it is small)
+            self._free_bytes -= len(line)
         with self._events_lock:
             self._events.write(line)
             self._events.flush()
