@@ -128,7 +128,7 @@ def run_calibrate(args) -> int:
     run.timings["total_s"] = time.perf_counter() - t_start
     if "render_s" in run.timings:  # what calibrating costs on recorded images: everything but the simulator
         run.timings["total_without_render_s"] = run.timings["total_s"] - run.timings["render_s"]
-    cal = results.merge(existing, pl.build_calibration(run), pl.run_record(run))
+    cal = results.merge(existing, pl.build_calibration(run), pl.run_record(run, rig.name))
     results.save_calibration(cal, yaml_path)
     exports = results.write_exports(cal, folder)
     report = None if args.no_report else write_report(run, cal, folder)

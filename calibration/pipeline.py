@@ -349,13 +349,15 @@ def build_calibration(run: CalibrationRun) -> Calibration:
     return Calibration(dict(run.cameras), ext, run.homography, run.registration, {})
 
 
-def run_record(run: CalibrationRun) -> dict:
-    """The provenance entry of this run."""
+def run_record(run: CalibrationRun, rig: str | None = None) -> dict:
+    """The provenance entry of this run (``rig``: the rig's name, checked by registration)."""
     import datetime as dt
 
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "software": f"rig {__version__}",
+            **({"rig": rig} if rig else {}),
             "board": run.board.name or str(run.board.source), "board_type": f"{run.board.cols}x{run.board.rows} {run.board.type}",
             "source": run.source.description if run.source else "points",
             "cameras_calibrated": sorted(run.cameras), "views_used": {c: len(r.views) for c, r in run.intrinsics.items()},
             "joint_views": len(run.stereo.views) if run.stereo else 0,
-            "dropped": run.warnings[:0] + [w for w in run.warnings if "dropped" in w]}
+            "dropped": [w for w in run.warnings if "dropped" in w],
+            **({"bundle_adjustment": run.bundle} if run.bundle else {})}

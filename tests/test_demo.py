@@ -20,6 +20,8 @@ def test_demo_runs_the_whole_chain(tmp_path):
     assert "Where to look" in proc.stdout and str(out / "fmb" / "contact_sheet.html") in proc.stdout
     cal = yaml.safe_load((out / "calibration" / "calibration.yaml").read_text())
     assert set(cal["cameras"]) == {"visible", "lwir"} and cal["homography"]["method"] == "plane"
+    run = cal["provenance"]["runs"][-1]
+    assert run["rig"] == "sim" and run["bundle_adjustment"]["free_intrinsics"] == ["lwir", "visible"]
     assert (out / "calibration" / "report.html").is_file()
     manifest = yaml.safe_load((out / "fmb" / "manifest.yaml").read_text())
     assert manifest["status"] == "complete" and manifest["model_version"]

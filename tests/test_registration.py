@@ -195,6 +195,14 @@ def test_bad_input_messages(sim_rig, recorded, truth_cal, tmp_path):
     other = save_calibration(small, tmp_path / "small.yaml")
     with pytest.raises(RigError, match="calibrated for a 1280x960 visible camera, but the session's is 1920x1200"):
         register_session(recorded, RegisterOptions(out=tmp_path / "o2", calibration=other))
+    # A calibration made for another rig.
+    foreign = tmp_path / "foreign"
+    shutil.copytree(recorded, foreign)
+    m = yaml.safe_load((foreign / "manifest.yaml").read_text())
+    m["rig"]["name"] = "fmb_roof"
+    (foreign / "manifest.yaml").write_text(yaml.safe_dump(m))
+    with pytest.raises(RigError, match="calibrated for rig 'sim', but the session was recorded with rig 'fmb_roof'"):
+        register_session(foreign, RegisterOptions(out=tmp_path / "o4", calibration=truth_cal))
     # A session with no pairs: only LWIR frames.
     lonely = tmp_path / "lonely"
     shutil.copytree(recorded, lonely)
