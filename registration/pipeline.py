@@ -14,6 +14,7 @@ prepared, so the stages overlap.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,10 +82,10 @@ class _Prepared:
 
 
 class _StageClock:
+    """Seconds per stage, summed over threads."""
+
     def __init__(self):
         self.seconds: dict[str, float] = {}
-        import threading
-
         self._lock = threading.Lock()
 
     def add(self, stage: str, dt: float) -> None:
@@ -365,6 +366,8 @@ def _fuse_loop(todo, pool, prepare, write, model, o: RegisterOptions, clock: _St
             p = prepared.popleft().result()
             if p is not None:
                 batch.append(p)
+            elif progress:  # a corrupt pair: done (listed), nothing to write
+                progress(1)
         refill()
         if batch:
             t0 = time.perf_counter()
