@@ -113,6 +113,10 @@ def find_calibration(reader: SessionReader, explicit: Path | None) -> Path:
             rig = load_rig(rig_file)
             if rig.calibration is not None:
                 candidates.append(Path(rig.calibration))
+                if Path(rig.calibration).is_relative_to(reader.path):
+                    # The session keeps a copy of the rig file; a relative path in it meant the user's
+                    # folder (or, for a shipped rig, the working directory), not the session.
+                    candidates.append(Path(rig.calibration).relative_to(reader.path))
         except RigError:
             pass
     for c in candidates:

@@ -275,3 +275,18 @@ def test_estimated_misalignment_follows_its_parallax_table(sim_rig, estimated_ca
         measured = true_misalignment(sim_rig, geom, depth, grid=9).mean()
         # Within 10 %, or 0.1 px where the parallax itself is small (the calibration's own error dominates there).
         assert measured == pytest.approx(expected["mean"], rel=0.10, abs=0.1), depth
+
+
+def test_shipped_rig_calibration_is_found_in_the_working_directory(recorded, truth_cal, tmp_path, monkeypatch):
+    """A session recorded with the shipped sim rig finds ./rig-calibration/sim.yaml, as `rig calibrate` writes it."""
+    session = tmp_path / "s"
+    shutil.copytree(recorded, session)
+    m = yaml.safe_load((session / "manifest.yaml").read_text())
+    m["calibration"] = None
+    (session / "manifest.yaml").write_text(yaml.safe_dump(m))
+    work = tmp_path / "work"
+    (work / "rig-calibration").mkdir(parents=True)
+    shutil.copyfile(truth_cal, work / "rig-calibration" / "sim.yaml")
+    monkeypatch.chdir(work)
+    result = register_session(session, RegisterOptions(out=tmp_path / "o", every=5, contact_sheet_frames=0))
+    assert result.written == 3
