@@ -50,8 +50,8 @@ def section(title: str) -> None:
 
 
 def bench_lwir_detection(rig, n: int) -> None:
-    from rig.capture.sim.render import ThermalLook
-    from rig.capture.sim.views import BoardViewRenderer, board_pose_plan
+    from rig.sim import ThermalLook
+    from rig.sim import BoardViewRenderer, board_pose_plan
 
     section(f"LWIR detection, hardest sim setting (0.5 K, inverted), {n} views")
     board = load_board("ir_board")

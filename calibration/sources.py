@@ -171,8 +171,8 @@ _WORKER_RENDERER = None  # one BoardViewRenderer per worker process (its camera-
 def _init_renderer(rig, board, thermal_look) -> None:
     """Process-pool initializer: build this process's renderer once, for all the views it renders."""
     global _WORKER_RENDERER
-    from rig.capture.sim.render import ThermalLook
-    from rig.capture.sim.views import BoardViewRenderer
+    from rig.sim import ThermalLook
+    from rig.sim import BoardViewRenderer
 
     _WORKER_RENDERER = BoardViewRenderer(rig, board, thermal_look=thermal_look or ThermalLook())
 
@@ -197,7 +197,7 @@ def sim_source(rig, board, n_views: int = 40, seed: int = 0, cameras: list[str] 
                poses: list | None = None, stats: dict | None = None) -> ViewSource:
     """Render ``n_views`` board views with the simulated rig, in a process pool.
 
-    ``poses``: rig-frame board poses; default :func:`rig.calibration.plan.coverage_pose_plan`
+    ``poses``: rig-frame board poses; default :func:`rig.sim.coverage_pose_plan`
     cycling over the cameras (each view keeps the board inside one camera, so
     each camera's corners reach its image edges; views inside both are joint views).
     Rendering happens up front (``progress(k)`` after each view); images stay in memory.
@@ -209,7 +209,7 @@ def sim_source(rig, board, n_views: int = 40, seed: int = 0, cameras: list[str] 
     """
     import time
 
-    from rig.calibration.plan import coverage_pose_plan
+    from rig.sim import coverage_pose_plan
 
     sim_cams = [c for c in rig.cameras if c.driver == "sim"]
     if not sim_cams:

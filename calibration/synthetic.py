@@ -18,7 +18,7 @@ def synthetic_run(rig: RigConfig, board: Board, plan: list[tuple[np.ndarray, np.
                   rng: np.random.Generator, sigma_px: float = 0.2, prefix: str = "v",
                   run: CalibrationRun | None = None) -> CalibrationRun:
     """Add the views of ``plan`` (board poses in the rig frame) seen by ``cameras`` to ``run``."""
-    from rig.capture.sim.views import camera_model, pose_in_camera
+    from rig.sim import camera_model, pose_in_camera
 
     run = run or CalibrationRun(board)
     obj = board.object_points()
@@ -37,8 +37,8 @@ def synthetic_run(rig: RigConfig, board: Board, plan: list[tuple[np.ndarray, np.
 
 def synthetic_single_run(rig: RigConfig, board: Board, views: int, seed: int, sigma_px: float = 0.2) -> CalibrationRun:
     """What one ``rig calibrate`` run sees on the sim: coverage views for each camera plus simultaneous views."""
-    from rig.calibration.plan import coverage_pose_plan
-    from rig.capture.sim.views import board_pose_plan
+    from rig.sim import coverage_pose_plan
+    from rig.sim import board_pose_plan
 
     rng = np.random.default_rng(seed)
     run = CalibrationRun(board)

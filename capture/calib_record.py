@@ -463,7 +463,8 @@ def sim_cameras_for_board(rig: RigConfig, board: Board, *, seed: int = 0, n_view
                           realtime: bool = True, progress: Callable[[int, int], None] | None = None,
                           poses: list | None = None) -> list[Camera]:
     """Simulated cameras of ``rig`` looking at a board moved through a pose plan (keyframes rendered here)."""
-    from rig.capture.sim.camera import BoardWorld, make_sim_cameras
+    from rig.capture.sim_camera import make_sim_cameras
+    from rig.sim import BoardWorld
 
     world = BoardWorld(rig, board, poses=poses, n_views=n_views, seed=seed, dwell_s=dwell_s)
     world.prepare(list(rig.cameras), progress)

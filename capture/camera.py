@@ -15,25 +15,13 @@ Constructors do no I/O.
 from __future__ import annotations
 
 import abc
-import enum
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rig.rigconfig import CameraSpec
-
-
-class FrameFlags(enum.IntFlag):
-    """Per-frame flags, stored in the session index."""
-
-    NONE = 0
-    FFC = 1  # taken during a flat-field correction (LWIR): later stages skip it
-    UNPAIRED = 2  # no partner frame within the pairing window
-    GAP_BEFORE = 4  # frames were lost (counter jump or queue drop) just before this one
-    TRIGGERED = 8  # acquired on a hardware trigger
-    RECONNECTED = 16  # first frame after a reconnect
-    HOST_TIMESTAMP_ONLY = 32  # the device gave no timestamp
+from rig.session.format import FrameFlags  # noqa: F401  (re-exported: drivers flag frames)
 
 
 @dataclass(frozen=True)
@@ -205,7 +193,7 @@ def open_cameras(cameras: list[Camera]) -> None:
 def make_camera(spec: CameraSpec, **kwargs) -> Camera:
     """Build the driver named by ``spec.driver`` (no I/O until ``open()``)."""
     if spec.driver == "sim":
-        from rig.capture.sim.camera import SimCamera
+        from rig.capture.sim_camera import SimCamera
 
         return SimCamera(spec, **kwargs)
     if spec.driver == "genicam":

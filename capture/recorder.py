@@ -861,7 +861,8 @@ def sim_cameras_for_drive(rig: RigConfig, *, seed: int = 0, variant: str = "day"
     """
     from dataclasses import replace
 
-    from rig.capture.sim.camera import DriveWorld, make_sim_cameras
+    from rig.capture.sim_camera import make_sim_cameras
+    from rig.sim import DriveWorld
 
     if variant not in ("day", "night", "fog"):
         raise RigError(f"--variant must be day, night or fog, got '{variant}'")

@@ -271,7 +271,7 @@ def render_sim_dataset(root: str | Path, count: int, size: tuple[int, int] = (40
     Scene ``i`` uses seed ``seed + i`` and variant ``variants[i % len(variants)]``;
     size is ``(width, height)``.
     """
-    from rig.capture.sim.scene import render_registered
+    from rig.sim import render_registered
 
     root = Path(root)
     for i in range(count):

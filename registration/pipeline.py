@@ -24,12 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rig.capture.camera import FrameFlags
 from rig.errors import RigError
 from rig.pixfmt import to_rgb
 from rig.registration.dataset import FUSE_DIRS, REGISTER_DIRS, OutputDataset, file_sha256, frame_name, write_png
 from rig.registration.geometry import RegistrationGeometry, RemapTables, coverage, remap_tables
-from rig.session import Pair, SessionReader
+from rig.session import FrameFlags, Pair, SessionReader
 
 
 @dataclass(frozen=True)

@@ -81,3 +81,24 @@ def normalize_16bit(image: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0
         hi = lo + 1.0
     out = (img.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_pixel_format(rgb: np.ndarray, fmt: str) -> np.ndarray:
+    """Convert an RGB uint8 image to a camera's raw pixel format (Bayer mosaics, mono, BGR)."""
+    if fmt == "RGB8":
+        return rgb
+    if fmt == "BGR8":
+        return np.ascontiguousarray(rgb[..., ::-1])
+    if fmt == "Mono8":
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    offsets = {"BayerRG8": ((0, 0), (0, 1), (1, 0), (1, 1)), "BayerGR8": ((0, 1), (0, 0), (1, 1), (1, 0)),
+               "BayerBG8": ((1, 1), (0, 1), (1, 0), (0, 0)), "BayerGB8": ((1, 0), (0, 0), (1, 1), (0, 1))}
+    if fmt not in offsets:
+        raise ValueError(f"sim visible camera cannot produce pixel format {fmt}")
+    (ry, rx), (g1y, g1x), (g2y, g2x), (by, bx) = offsets[fmt]
+    out = np.empty(rgb.shape[:2], np.uint8)
+    out[ry::2, rx::2] = rgb[ry::2, rx::2, 0]
+    out[g1y::2, g1x::2] = rgb[g1y::2, g1x::2, 1]
+    out[g2y::2, g2x::2] = rgb[g2y::2, g2x::2, 1]
+    out[by::2, bx::2] = rgb[by::2, bx::2, 2]
+    return out

@@ -9,7 +9,8 @@ import numpy as np
 from rig.calibration.homography import parallax_table, plane_homography, registration_crop
 from rig.calibration.results import (Calibration, CameraCalibration, Extrinsics, Homography, Registration,
                                      save_calibration)
-from rig.capture.sim.camera import DriveWorld, make_sim_cameras
+from rig.capture.sim_camera import make_sim_cameras
+from rig.sim import DriveWorld
 from rig.rigconfig import RigConfig
 from rig.session import SessionWriter
 

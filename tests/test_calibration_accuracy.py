@@ -16,11 +16,11 @@ from rig.boards import load_board
 from rig.calibration import homography as hg
 from rig.calibration.intrinsics import max_distortion_difference
 from rig.calibration.pipeline import CalibrateOptions, CalibrationRun, build_calibration, solve
-from rig.calibration.plan import coverage_pose_plan
+from rig.sim import coverage_pose_plan
 from rig.calibration.results import Calibration
 from rig.calibration.stereo import rotation_angle_deg
 from rig.calibration.synthetic import synthetic_run, synthetic_single_run
-from rig.capture.sim.views import board_pose_plan
+from rig.sim import board_pose_plan
 
 SIGMA = 0.2
 

@@ -7,8 +7,8 @@ import pytest
 
 from rig.boards import load_board
 from rig.calibration.detect import detect
-from rig.capture.sim.render import ThermalLook
-from rig.capture.sim.views import BoardViewRenderer, board_pose_plan
+from rig.sim import ThermalLook
+from rig.sim import BoardViewRenderer, board_pose_plan
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_exhaustive_search_is_the_last_resort(ir_views):
 def test_board_cut_by_the_lwir_border_gives_no_shifted_grid(sim_rig, index):
     """The rig calibration's pose plan puts boards partly outside the LWIR image; the exhaustive
     search then returned a 9x6 grid with a phantom column on the board's edge (300 px off)."""
-    from rig.calibration.plan import coverage_pose_plan
+    from rig.sim import coverage_pose_plan
 
     board = load_board("ir_board")
     names = [c.name for c in sim_rig.cameras if c.driver == "sim"]

@@ -17,7 +17,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="module")
 def sim_batch():
-    scene = pytest.importorskip("rig.capture.sim.scene")
+    scene = pytest.importorskip("rig.sim.scene")
     samples = [scene.render_registered(seed, variant, size=(96, 64))
                for seed, variant in ((1, "day"), (2, "night"), (3, "fog"))]
     vis = torch.from_numpy(np.stack([s.visible for s in samples])).permute(0, 3, 1, 2).float() / 255

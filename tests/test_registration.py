@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from rig.calibration.results import load_calibration
-from rig.capture.camera import FrameFlags
+from rig.session import FrameFlags
 from rig.errors import RigError
 from rig.registration.geometry import (RegistrationGeometry, output_to_raw_lwir, output_to_visible, raw_lwir_to_output,
                                        remap_tables)
@@ -28,7 +28,7 @@ from regfixtures import record_sim_session, truth_calibration  # noqa: E402
 def true_misalignment(rig, geom: RegistrationGeometry, depth_m: float, grid: int = 25) -> np.ndarray:
     """Output-px distance between where registration puts an LWIR pixel and where the visible camera sees
     the same 3D point, for a fronto-parallel surface at ``depth_m`` (visible frame), from ground truth."""
-    from rig.capture.sim.views import camera_model
+    from rig.sim import camera_model
 
     W, H = geom.output_size
     u, v = np.meshgrid(np.linspace(0, W - 1, grid), np.linspace(0, H - 1, grid))

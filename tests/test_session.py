@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rig.capture.camera import FrameFlags
+from rig.session import FrameFlags
 from rig.errors import RigError
 from rig.rigconfig import parse_rig
 from rig.session import (HEADER_SIZE, INDEX_SIZE, DiskFullError, SessionReader, SessionWriter, pair_by_counter,

@@ -8,12 +8,14 @@ import pytest
 
 from rig.boards import load_board
 from rig.camera_model import CameraModel, distort, undistort
-from rig.capture.camera import FrameFlags
-from rig.capture.sim.camera import BoardWorld, DriveWorld, SimCamera, make_sim_cameras, to_pixel_format
-from rig.capture.sim.render import ThermalLook
-from rig.capture.sim.scene import (PERSON, SKY, ROAD, FMB_CLASSES, make_scene, render_registered, render_scene,
+from rig.session import FrameFlags
+from rig.capture.sim_camera import SimCamera, make_sim_cameras
+from rig.pixfmt import to_pixel_format
+from rig.sim import BoardWorld, DriveWorld
+from rig.sim.render import ThermalLook
+from rig.sim.scene import (PERSON, SKY, ROAD, FMB_CLASSES, make_scene, render_registered, render_scene,
                                    drive_pose)
-from rig.capture.sim.views import BoardViewRenderer, board_pose_plan, camera_model
+from rig.sim.views import BoardViewRenderer, board_pose_plan, camera_model
 from rig.pixfmt import normalize_16bit, to_rgb
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from rig.boards import Board
 from rig.camera_model import CameraModel
 from rig.rigconfig import CameraSpec, RigConfig, rotation_from_vector_deg
-from rig.capture.sim.render import (BoardRenderer, ThermalLook, VisibleLook, fpn_seed_for, render_board_lwir,
+from rig.sim.render import (BoardRenderer, ThermalLook, VisibleLook, fpn_seed_for, render_board_lwir,
                                     render_board_visible)
 
 

@@ -5,7 +5,7 @@ is extrapolated wherever no corner went. :func:`coverage_pose_plan` places the
 board, view by view, against the cells of a 4x4 grid over one camera's image
 (corners and edges included), at varied distances and tilts, cycling over the
 cameras given. Poses are in the rig frame (``X_rig = R X_board + t``), like
-:func:`rig.capture.sim.views.board_pose_plan`.
+:func:`rig.sim.views.board_pose_plan`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def coverage_pose_plan(rig: RigConfig, board: Board, n_views: int, seed: int = 0
     ``fill``: range of the board's width as a fraction of that camera's image
     width. Deterministic from ``seed``.
     """
-    from rig.capture.sim.views import camera_model
+    from rig.sim.views import camera_model
 
     rng = np.random.default_rng(seed)
     specs = [s for s in rig.cameras if s.sim is not None and (cameras is None or s.name in cameras or s.role in cameras)]

@@ -25,7 +25,7 @@ import numpy as np
 from rig.camera_model import CameraModel
 from rig.pixfmt import normalize_16bit
 from rig.rigconfig import ThermalSpec
-from rig.capture.sim.render import thermal_counts
+from rig.sim.render import thermal_counts
 
 FMB_CLASSES = ("background", "road", "sidewalk", "building", "traffic lamp", "traffic sign", "vegetation", "sky",
                "person", "car", "truck", "bus", "motorcycle", "bicycle", "pole")
