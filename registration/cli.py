@@ -30,17 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, fuse: bool) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from rig.registration.pipeline import RegisterOptions, register_session
+    from rig.terminal import progress as progress_bar
 
     options = RegisterOptions(out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,
                               force=args.force, fuse=fuse, device=getattr(args, "device", "cpu"),
                               model_path=getattr(args, "model", None), batch_size=getattr(args, "batch", 2),
                               contact_sheet_frames=args.contact_sheet)
     console = Console(stderr=True)
-    with Progress(TextColumn("[bold]register" + ("+fuse" if fuse else "")), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
+    with progress_bar(TextColumn("[bold]register" + ("+fuse" if fuse else "")), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("pairs", total=None)
 
         def progress(advance: int, total: int | None = None) -> None:

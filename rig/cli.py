@@ -20,15 +20,17 @@ from typing import Sequence
 from rig import __version__
 from rig.errors import RigError
 
-# Modules whose ``register(subparsers)`` adds sub-commands, in help order.
-COMMAND_MODULES = (
-    "rig.commands",
-    "rig.capture.cli",
-    "rig.calibration.cli",
-    "rig.registration.cli",
-    "rig.model.cli",
-    "rig.demo",
-)
+# Modules whose ``register(subparsers)`` adds sub-commands, in help order, with the commands each
+# adds (kept in step with the modules by a test): a stage that fails to import still shows its
+# commands, and running one says why it is unavailable instead of argparse's "invalid choice".
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "rig.commands": ("board", "check", "session"),
+    "rig.capture.cli": ("record", "emulate"),
+    "rig.calibration.cli": ("calibrate",),
+    "rig.registration.cli": ("register", "register-and-fuse"),
+    "rig.model.cli": ("train", "eval"),
+    "rig.demo": ("demo",),
+}
 
 
 class _RichHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -61,20 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rig {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=RichArgumentParser)
-    for name in COMMAND_MODULES:
+    for name, commands in COMMAND_MODULES.items():
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # stage not built yet
-                continue
-            raise
+        except Exception as exc:  # a broken install or a missing dependency: say so when the command is used
+            _register_unavailable(sub, name, commands, exc)
+            continue
         module.register(sub)
     return parser
 
 
+def _register_unavailable(sub, module: str, commands: Sequence[str], exc: Exception) -> None:
+    """Placeholders for the commands of a stage that failed to import."""
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    message = (f"'{{command}}' is unavailable: importing {module} failed ({reason}); "
+               "reinstall rig with its dependencies (pip install -e .), or run 'rig --debug {{command}}' for the traceback")
+
+    def handler(args: argparse.Namespace) -> int:
+        if args.debug:
+            raise exc
+        raise RigError(message.format(command=args.command))
+
+    for command in commands:
+        p = sub.add_parser(command, help=f"(unavailable: {module} failed to import)", add_help=False)
+        p.set_defaults(handler=handler, unavailable=True)  # its options are unknown: any are accepted
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0 if args.command is None else 2

@@ -49,15 +49,15 @@ def board_render(args: argparse.Namespace) -> int:
 
 def rig_check(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from rig.capture.camera import make_camera
     from rig.rigconfig import load_rig
+    from rig.terminal import table as make_table
 
     rig = load_rig(args.rig)
     console = Console()
     console.print(f"[bold]{rig.name}[/]: {rig.description or ''} ({rig.source})", highlight=False)
-    table = Table("camera", "role", "driver", "format", "fps", "sync", "status")
+    rows = []
     failures = 0
     for spec in rig.cameras:
         status = "not checked"
@@ -70,8 +70,9 @@ def rig_check(args: argparse.Namespace) -> int:
                 failures += 1
                 status = f"[red]unreachable[/]: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         sync = spec.sync.mode + (f" (master {spec.sync.master})" if spec.sync.master else "")
-        table.add_row(spec.name, spec.role, spec.driver, f"{spec.pixel_format} {spec.width}x{spec.height}",
-                      f"{spec.fps:g}", sync, status)
+        rows.append((spec.name, spec.role, spec.driver, f"{spec.pixel_format} {spec.width}x{spec.height}",
+                     f"{spec.fps:g}", sync, status))
+    table = make_table(("camera", "role", "driver", "format", "fps", "sync", "status"), rows, width=console.width)
     console.print(table)
     console.print(f"output {rig.output_size[0]}x{rig.output_size[1]}, working plane {rig.plane_distance_m:g} m, "
                   f"calibration {rig.calibration or '(none)'}", highlight=False)
@@ -82,9 +83,9 @@ def session_info(args: argparse.Namespace) -> int:
     import json
 
     from rich.console import Console
-    from rich.table import Table
 
     from rig.session import SessionReader
+    from rig.terminal import table as make_table
 
     with SessionReader(args.session) as reader:
         summary = reader.summary()
@@ -96,15 +97,22 @@ def session_info(args: argparse.Namespace) -> int:
     note = {"complete": "[green]complete[/]", "recording": "[yellow]not finalised (recorder killed or crashed)[/]",
             "aborted": "[red]aborted[/]"}[status]
     console.print(f"[bold]{summary['path']}[/]  rig {summary['rig']}  {summary['software']}  status {note}", highlight=False)
-    table = Table("camera", "format", "frames", "duration s", "fps (nominal)", "missing", "gaps", "drops", "flagged",
-                  "torn tail")
-    for name, c in summary["cameras"].items():
-        torn = f"{c['torn_tail_bytes']} B" if c["torn_tail_bytes"] else "-"
-        if c["recovered"]:
-            torn += f" ({c['recovered']} recovered)"
-        table.add_row(name, c["format"], str(c["frames"]), f"{c['duration_s']:.2f}",
-                      f"{c['fps_measured']:.2f} ({c['fps_nominal']:g})", str(c["missing_by_counter"]), str(c["gaps"]),
-                      str(summary["drops"].get(name, 0)), str(c["flagged"]), torn)
+    # One column per camera, one row per figure: fits 80 columns for any number of figures.
+    cams = summary["cameras"]
+    figures = {
+        "format": lambda n, c: c["format"],
+        "frames": lambda n, c: str(c["frames"]),
+        "duration": lambda n, c: f"{c['duration_s']:.2f} s",
+        "fps measured (nominal)": lambda n, c: f"{c['fps_measured']:.2f} ({c['fps_nominal']:g})",
+        "missing by counter": lambda n, c: str(c["missing_by_counter"]),
+        "timing gaps": lambda n, c: str(c["gaps"]),
+        "queue drops": lambda n, c: str(summary["drops"].get(n, 0)),
+        "flagged": lambda n, c: str(c["flagged"]),
+        "torn tail": lambda n, c: (f"{c['torn_tail_bytes']} B" if c["torn_tail_bytes"] else "-")
+        + (f" ({c['recovered']} recovered)" if c["recovered"] else ""),
+    }
+    table = make_table(("", *cams), [(label, *(f(n, c) for n, c in cams.items())) for label, f in figures.items()],
+                       width=console.width)
     console.print(table)
     for name, c in summary["cameras"].items():
         for problem in c["corrupt"]:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import sys
 
-import pytest
+# Thread limits must be in the environment before numpy, OpenCV or torch load their thread pools: they read
+# OMP_NUM_THREADS once, at import. Keep the numeric libraries from oversubscribing the 2-core CI machine.
+THREAD_LIBRARIES_LOADED_FIRST = sorted(m for m in ("numpy", "torch", "cv2") if m in sys.modules)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
 
-from rig.rigconfig import RigConfig, load_rig
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from rig.rigconfig import RigConfig, load_rig  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +33,3 @@ def write_yaml(tmp_path: Path):
         return p
 
     return _write
-
-
-@pytest.fixture(autouse=True)
-def _quiet_threads(monkeypatch):
-    # Keep numeric libraries from oversubscribing the 2-core CI machine.
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))

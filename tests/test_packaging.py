@@ -39,3 +39,12 @@ def test_cli_version_and_help():
     helptext = subprocess.run([sys.executable, "-m", "rig.cli", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("board", "check", "session"):
         assert command in helptext
+
+
+def test_thread_limits_are_set_before_numeric_libraries_load():
+    # OMP_NUM_THREADS read after numpy/torch/cv2 have loaded their thread pools has no effect.
+    conftest = sys.modules["conftest"]
+    assert conftest.THREAD_LIBRARIES_LOADED_FIRST == []
+    import os
+
+    assert os.environ["OMP_NUM_THREADS"]

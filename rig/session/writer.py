@@ -18,7 +18,7 @@ from rig.errors import RigError
 from rig.pixfmt import pixel_format
 from rig.session.format import (FORMAT_NAME, FORMAT_VERSION, HEADER_SIZE, INDEX_ENTRY, INDEX_SIZE, MANIFEST, STATUSES,
                                 CameraStream, FrameRecord, pack_header, unpack_header)
-from rig.yamlio import dump_yaml
+from rig.yamlio import dump_yaml, load_yaml
 
 
 class DiskFullError(RigError):
@@ -262,3 +262,28 @@ def _write_manifest(path: Path, manifest: dict) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def attach_calibration(session: str | Path, calibration_file: str | Path) -> Path:
+    """Copy ``calibration_file`` into a finished session and name it in the manifest.
+
+    The copy (``SESSION/calibration.yaml``) travels with the session, so later
+    stages find it without ``--calibration`` and the manifest path stays inside
+    the session directory. Returns the copy's path.
+    """
+    session, calibration_file = Path(session), Path(calibration_file)
+    manifest_path = session / MANIFEST
+    if not manifest_path.is_file():
+        raise RigError("not a session: manifest.yaml is missing", path=session)
+    if not calibration_file.is_file():
+        raise RigError("calibration file not found", path=calibration_file)
+    manifest = load_yaml(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise RigError(f"not a {FORMAT_NAME} manifest", path=manifest_path)
+    target = session / "calibration.yaml"
+    tmp = session / "calibration.yaml.tmp"
+    shutil.copyfile(calibration_file, tmp)
+    os.replace(tmp, target)
+    manifest["calibration"] = target.name
+    _write_manifest(session, manifest)
+    return target
