@@ -23,9 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     session = sub.add_parser("session", help="inspect recorded sessions")
     session_sub = session.add_subparsers(dest="session_command", metavar="ACTION")
-    info = session_sub.add_parser("info", help="frames per camera, duration, rates, drops, gaps and torn tail")
+    info = session_sub.add_parser("info", help="frames per camera, duration, rates, loss, gaps and damage")
     info.add_argument("session", type=Path)
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.add_argument("--verify", action="store_true",
+                      help="CRC-check every frame; exit 1 and name the corrupt ones (reads the whole session)")
     info.set_defaults(handler=session_info)
     session.set_defaults(handler=lambda args: session.print_help() or 2)
 
@@ -89,9 +91,14 @@ def session_info(args: argparse.Namespace) -> int:
 
     with SessionReader(args.session) as reader:
         summary = reader.summary()
+        corrupt = reader.verify() if args.verify else []
+    if args.verify:
+        summary["verified"] = {"frames": sum(c["frames"] for c in summary["cameras"].values()),
+                               "corrupt": [str(c) for c in corrupt]}
+    damaged = bool(corrupt) or any(c["corrupt"] for c in summary["cameras"].values())
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
+        return 1 if args.verify and damaged else 0
     console = Console()
     status = summary["status"]
     note = {"complete": "[green]complete[/]", "recording": "[yellow]not finalised (recorder killed or crashed)[/]",
@@ -104,10 +111,12 @@ def session_info(args: argparse.Namespace) -> int:
         "frames": lambda n, c: str(c["frames"]),
         "duration": lambda n, c: f"{c['duration_s']:.2f} s",
         "fps measured (nominal)": lambda n, c: f"{c['fps_measured']:.2f} ({c['fps_nominal']:g})",
-        "missing by counter": lambda n, c: str(c["missing_by_counter"]),
+        "lost (by counter)": lambda n, c: str(c["lost"]),
+        "  of which in our queues": lambda n, c: str(c["dropped_in_queue"]),
         "timing gaps": lambda n, c: str(c["gaps"]),
-        "queue drops": lambda n, c: str(summary["drops"].get(n, 0)),
-        "flagged": lambda n, c: str(c["flagged"]),
+        "FFC frames": lambda n, c: str(c["ffc"]),
+        "unpaired": lambda n, c: str(c["unpaired"]),
+        "reconnects": lambda n, c: str(c["reconnects"]),
         "torn tail": lambda n, c: (f"{c['torn_tail_bytes']} B" if c["torn_tail_bytes"] else "-")
         + (f" ({c['recovered']} recovered)" if c["recovered"] else ""),
     }
@@ -119,4 +128,11 @@ def session_info(args: argparse.Namespace) -> int:
             console.print(f"[red]{name}: {problem}[/]")
     if summary["bad_event_lines"]:
         console.print(f"[yellow]events.jsonl: {summary['bad_event_lines']} unreadable line(s)[/]")
+    if args.verify:
+        for c in corrupt:
+            console.print(f"[red]corrupt: {c}[/]", highlight=False)
+        n = summary["verified"]["frames"]
+        console.print(f"[red]verify: {len(corrupt)} of {n} frames corrupt[/]" if damaged
+                      else f"[green]verify: all {n} frames intact (CRC-checked)[/]", highlight=False)
+        return 1 if damaged else 0
     return 0

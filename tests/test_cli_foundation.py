@@ -74,7 +74,7 @@ def test_session_info(tmp_path):
     assert table.returncode == 0 and "complete" in table.stdout
     assert_fits(table.stdout)
     text = words(table.stdout)
-    for figure in ("format", "frames", "fps measured (nominal)", "missing by counter", "timing gaps", "queue drops",
+    for figure in ("format", "frames", "fps measured (nominal)", "lost (by counter)", "of which in our queues", "timing gaps",
                    "torn tail"):
         assert figure in text, figure
     assert f"frames {info['cameras']['visible']['frames']} {info['cameras']['lwir']['frames']}" in text

@@ -68,7 +68,7 @@ def test_round_trip_bit_exact(tmp_path):
         assert bad == 0 and events[0]["kind"] == "ffc" and events[0]["camera"] == "lwir"
         s = r.summary()
         assert s["cameras"]["lwir"]["fps_measured"] == pytest.approx(60.0, rel=1e-3)
-        assert s["cameras"]["lwir"]["torn_tail_bytes"] == 0 and s["cameras"]["lwir"]["flagged"] == 1
+        assert s["cameras"]["lwir"]["torn_tail_bytes"] == 0 and s["cameras"]["lwir"]["ffc"] == 1
 
 
 def test_pairs_by_timestamp_within_half_the_slower_period(tmp_path):
@@ -316,3 +316,120 @@ def test_concurrent_writers_never_spend_the_reserve(tmp_path, monkeypatch):
     written = sum(f.stat().st_size for f in session.rglob("*") if f.is_file())
     assert sorted(stops) == ["lwir", "visible"]
     assert budget - (64 << 10) < written <= budget + (8 << 10)  # only the final manifest rewrite is unaccounted
+
+
+# --------------------------------------------------------------------------- damage, untrusted files, pairing
+def _flip(path: Path, offset: int, n: int = 64) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = f.read(n)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_verify_finds_a_flipped_payload(tmp_path):
+    record(tmp_path / "s", n_vis=0, n_ir=6)
+    rec_size = HEADER_SIZE + 24 * 32 * 2
+    _flip(tmp_path / "s" / "cameras" / "lwir.frames", 2 * rec_size + HEADER_SIZE + 500)
+    with SessionReader(tmp_path / "s") as r:
+        bad = r.verify()
+    assert [(c.camera, c.seq) for c in bad] == [("lwir", 2)]
+    from rig.cli import main
+
+    assert main(["session", "info", str(tmp_path / "s")]) == 0  # without --verify the index is trusted
+    assert main(["session", "info", str(tmp_path / "s"), "--verify"]) == 1
+    proc = subprocess.run([sys.executable, "-m", "rig.cli", "session", "info", str(tmp_path / "s"), "--verify"],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 1 and "lwir frame 2 (counter 102" in proc.stdout and "1 of 6 frames corrupt" in proc.stdout
+
+
+def test_recovery_without_index_resyncs_past_corrupt_records(tmp_path):
+    record(tmp_path / "s", n_vis=0, n_ir=12)
+    store = tmp_path / "s" / "cameras" / "lwir.frames"
+    rec_size = HEADER_SIZE + 24 * 32 * 2
+    (tmp_path / "s" / "cameras" / "lwir.index").unlink()
+    _flip(store, 3 * rec_size + HEADER_SIZE + 200)  # payload of frame 3
+    _flip(store, 7 * rec_size + 10, 8)  # header of frame 7
+    with SessionReader(tmp_path / "s") as r:
+        st = r.streams["lwir"]
+        assert [rec.seq for rec in st.records] == [0, 1, 2, 4, 5, 6, 8, 9, 10, 11]
+        assert st.torn_tail_bytes == 0 and st.skipped_bytes == 2 * rec_size
+        assert "payload CRC mismatch in frame 3" in st.corrupt[0] and "unreadable record header" in st.corrupt[1]
+        assert all(np.array_equal(img, frame_image("lwir", rec.seq)) for rec, img in r.frames("lwir"))
+    # A torn tail after damage is still a torn tail.
+    _truncate(store, 12 * rec_size - 100)
+    with SessionReader(tmp_path / "s") as r:
+        assert [rec.seq for rec in r.records("lwir")][-1] == 10 and r.streams["lwir"].torn_tail_bytes == rec_size - 100
+
+
+@pytest.mark.parametrize("victim", ["events.jsonl", "cameras/lwir.index", "cameras/lwir.frames"])
+def test_a_fifo_in_a_session_is_refused_not_read(tmp_path, victim):
+    record(tmp_path / "s", n_vis=2, n_ir=4)
+    path = tmp_path / "s" / victim
+    path.unlink()
+    os.mkfifo(path)
+    # In a child process with a timeout: opening a FIFO for reading would block forever.
+    code = "import sys\nfrom rig.cli import main\nsys.exit(main(['session', 'info', sys.argv[1]]))"
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "is a FIFO, not a regular file; refusing to read it" in proc.stderr and victim.split("/")[-1] in proc.stderr
+
+
+def test_event_log_pointing_at_a_device_is_refused(tmp_path):
+    record(tmp_path / "s", n_vis=2, n_ir=4)
+    events = tmp_path / "s" / "events.jsonl"
+    events.unlink()
+    events.symlink_to("/dev/zero")
+    with SessionReader(tmp_path / "s") as r, pytest.raises(RigError, match="leaves the session directory"):
+        r.events()
+
+
+def test_overlong_event_lines_are_counted_not_loaded(tmp_path):
+    record(tmp_path / "s", n_vis=2, n_ir=4)
+    with open(tmp_path / "s" / "events.jsonl", "ab") as f:
+        f.write(b"x" * (3 << 20) + b"\n" + b'{"kind": "after"}\n')
+    with SessionReader(tmp_path / "s") as r:
+        events, bad = r.events()
+    assert bad == 1 and [e["kind"] for e in events] == ["ffc", "after"]
+
+
+@pytest.mark.parametrize("ref, ok", [("calibration.yaml", True), ("../../x.yaml", False), ("/etc/passwd", False)])
+def test_calibration_reference_is_confined(tmp_path, ref, ok):
+    record(tmp_path / "s")
+    manifest = _manifest(tmp_path / "s")
+    manifest["calibration"] = ref
+    (tmp_path / "s" / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with SessionReader(tmp_path / "s") as r:
+        if ok:
+            assert r.calibration_path() == (tmp_path / "s" / "calibration.yaml").resolve()
+        else:
+            with pytest.raises(RigError, match="calibration: (absolute path|path '../../x.yaml' leaves)"):
+                r.calibration_path()
+
+
+def _triggered(n: int, period: int, jitter: int, missed: set[int], restart_at: int | None, seed: int, camera: str):
+    """Frames of a hardware-triggered camera: one per trigger seen, its counter counting the triggers it saw."""
+    from rig.session import FrameRecord
+
+    rng = np.random.default_rng(seed)
+    out, counter = [], 1000
+    for trigger in range(n):
+        if trigger in missed:
+            continue  # the camera never saw this trigger: its counter does not advance
+        if trigger == restart_at:
+            counter = 0  # reconnected: the counter restarts
+        t = trigger * period + int(rng.integers(-jitter, jitter + 1))
+        out.append(FrameRecord(camera, trigger, counter, t, t, None, 1, 1, "Mono8", 0, 0, 1, 0))  # seq = trigger
+        counter += 1
+    return out
+
+
+def test_a_missed_trigger_does_not_shift_later_pairs():
+    period = 33_333_333
+    a = _triggered(120, period, 3_000_000, set(), None, 1, "a")
+    b = _triggered(120, period, 3_000_000, {10, 57}, 80, 2, "b")  # misses two triggers, reconnects at 80
+    pairs = pair_by_counter(a, b, max_dt_ns=period // 2)
+    assert all(p.a.seq == p.b.seq for p in pairs)  # seq holds the true trigger here
+    assert {p.a.seq for p in pairs} == set(range(120)) - {10, 57}
+    # Counters alone (the old behaviour) shift every pair after the first missed trigger.
+    assert sum(p.a.seq != p.b.seq for p in pair_by_counter(a, b)) > 50

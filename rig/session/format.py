@@ -45,6 +45,8 @@ them must resolve inside the session directory.
 from __future__ import annotations
 
 import enum
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -155,3 +157,39 @@ def confined(session_dir: Path, relative: str, manifest: Path, key: str) -> Path
     if not resolved.is_relative_to(root):
         raise RigError(f"path '{relative}' leaves the session directory", path=manifest, key=key)
     return resolved
+
+
+# --------------------------------------------------------------------------- untrusted files
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few kB; anything near this is not one
+MAX_EVENT_LINE_BYTES = 1 << 20  # longer lines are counted as unreadable, never loaded whole
+
+
+def require_regular_file(path: Path, what: str, max_bytes: int | None = None) -> int:
+    """Refuse anything but a regular file (a FIFO would block a reader, ``/dev/zero`` never ends).
+
+    Symlinks are followed (confinement to the session is checked separately); returns the size.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise RigError(f"{what} is missing", path=path) from None
+    except OSError as exc:
+        raise RigError(f"cannot read {what} ({exc.strerror})", path=path) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a directory" if stat.S_ISDIR(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
+        raise RigError(f"{what} is {kind}, not a regular file; refusing to read it", path=path)
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise RigError(f"{what} is {st.st_size} bytes, more than the {max_bytes} a {what} can be; refusing to read it",
+                       path=path)
+    return st.st_size
+
+
+def open_regular(path: Path, what: str) -> int:
+    """``os.open`` a regular file read-only, without blocking on a FIFO swapped in after the check."""
+    require_regular_file(path, what)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RigError(f"{what} is not a regular file; refusing to read it", path=path)
+    return fd
