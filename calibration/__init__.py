@@ -7,8 +7,10 @@ Public API::
     cal.cameras["lwir"].K, cal.homography.H   # H: undistorted LWIR px -> undistorted visible px
 
 Schema: ``calibration/SCHEMA.md``. Modules: ``detect``, ``thermal``, ``intrinsics``,
-``coverage``, ``stereo``, ``homography``, ``results``, ``report``, ``sources``,
-``plan``, ``pipeline``, ``cli``. Heavy imports (open3d) happen inside functions.
+``coverage``, ``stereo``, ``bundle``, ``homography``, ``results`` (calibration.yaml),
+``exports`` (Kalibr, OpenCV, ROS camera_info), ``report`` and ``plots``, ``sources``,
+``pipeline`` (pure computation), ``workflow`` (one ``rig calibrate`` run, with its I/O),
+``cli``. Heavy imports (open3d) happen inside functions.
 """
 
 from rig.calibration.results import (Calibration, CameraCalibration, Extrinsics, Homography, Registration,

@@ -1,9 +1,13 @@
-"""``rig calibrate``: thin CLI over :mod:`rig.calibration.pipeline`."""
+"""``rig calibrate``: parse the arguments, call :func:`rig.calibration.workflow.calibrate`, print a summary."""
 
 from __future__ import annotations
 
 import argparse
+import re
+import textwrap
 from pathlib import Path
+
+from rig.errors import RigError
 
 
 def register(sub) -> None:
@@ -39,119 +43,156 @@ def register(sub) -> None:
     p.set_defaults(handler=run_calibrate)
 
 
-def _outputs(args, rig) -> tuple[Path, Path]:
-    """(calibration.yaml path, folder for report and exports)."""
-    if args.out is not None:
-        return args.out / "calibration.yaml", args.out
-    yaml_path = Path(rig.calibration) if rig.calibration is not None else Path("calibration.yaml")
-    return yaml_path, yaml_path.parent / f"{yaml_path.stem}_report"
+def _plane(value: str) -> str | float:
+    if value in ("rig", "data"):
+        return value
+    try:
+        plane = float(value)
+    except ValueError:
+        raise RigError(f"--plane expects 'rig', 'data' or a distance in metres, got '{value}'") from None
+    if not plane > 0:
+        raise RigError(f"--plane distance must be > 0, got {plane:g}")
+    return plane
 
 
-def run_calibrate(args) -> int:
-    import time
+def _cameras(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    cams = tuple(c.strip() for c in value.split(","))
+    for c in cams:
+        if c not in ("visible", "lwir"):
+            raise RigError(f"--cameras: unknown camera '{c}' (cameras are named by role: visible, lwir)")
+    return cams
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+def _request(args):
+    """The :class:`~rig.calibration.workflow.CalibrateRequest` the arguments describe (validated)."""
     from rig.boards import load_board
-    from rig.calibration import pipeline as pl
-    from rig.calibration import results, sources
+    from rig.calibration import sources
     from rig.calibration.intrinsics import IntrinsicsOptions
-    from rig.calibration.report import write_report
-    from rig.errors import RigError
+    from rig.calibration.pipeline import CalibrateOptions
+    from rig.calibration.workflow import CalibrateRequest
     from rig.rigconfig import load_rig
 
-    console = Console(stderr=True, highlight=False)
     board = load_board(args.board)
     rig = load_rig(args.rig)
     if args.views < 1:
         raise RigError(f"--views must be >= 1, got {args.views}")
-    plane: str | float = args.plane
-    if plane not in ("rig", "data"):
-        try:
-            plane = float(plane)
-        except ValueError:
-            raise RigError(f"--plane expects 'rig', 'data' or a distance in metres, got '{args.plane}'") from None
-        if not plane > 0:
-            raise RigError(f"--plane distance must be > 0, got {plane:g}")
-    cams = tuple(c.strip() for c in args.cameras.split(",")) if args.cameras else None
-    for c in cams or ():
-        if c not in ("visible", "lwir"):
-            raise RigError(f"--cameras: unknown camera '{c}' (cameras are named by role: visible, lwir)")
+    plane = _plane(args.plane)
+    cams = _cameras(args.cameras)
     if args.fix_aspect and args.model != "pinhole":
         raise RigError("--fix-aspect applies to the pinhole model only (cv2.fisheye has no fixed aspect ratio)")
     if args.render_workers is not None and args.render_workers < 1:
         raise RigError(f"--render-workers must be >= 1, got {args.render_workers}")
-    options = pl.CalibrateOptions(intrinsics=IntrinsicsOptions(model=args.model, rational=args.rational,
-                                                               fix_aspect_ratio=args.fix_aspect),
-                                  intrinsics_for=cams, plane=plane, rig_plane_distance_m=rig.plane_distance_m,
-                                  homography=args.homography, output_size=tuple(rig.output_size))
-    yaml_path, folder = _outputs(args, rig)
-    for src_dir in ([args.session] if args.session else []) + [Path(v.split("=", 1)[-1]) for v in args.images or []]:
-        try:
-            if folder.resolve() == src_dir.resolve() or folder.resolve().is_relative_to(src_dir.resolve()):
-                raise RigError("output folder is inside an input folder; inputs are never modified: choose another --out",
-                               path=folder)
-        except OSError:
-            pass
-    existing = results.load_calibration(yaml_path) if yaml_path.is_file() else None
+    options = CalibrateOptions(intrinsics=IntrinsicsOptions(model=args.model, rational=args.rational,
+                                                            fix_aspect_ratio=args.fix_aspect),
+                               intrinsics_for=cams, plane=plane, rig_plane_distance_m=rig.plane_distance_m,
+                               homography=args.homography, output_size=tuple(rig.output_size))
+    images = sources.parse_images_args(args.images) if args.images else None
+    return CalibrateRequest(board, rig, options, session=args.session, images=images, views=args.views, seed=args.seed,
+                            max_views=args.max_views, render_workers=args.render_workers, out=args.out,
+                            report=not args.no_report)
 
-    t_start = time.perf_counter()
+
+def run_calibrate(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rig.calibration.pipeline import CalibrationError
+    from rig.calibration.workflow import calibrate
+
+    console = Console(stderr=True, highlight=False)
+    req = _request(args)
+    labels = {"render": f"rendering {req.views} sim views", "detect": "detecting boards", "solve": "calibrating"}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as prog:
-        if args.session:
-            source = sources.session_source(args.session, args.max_views)
-        elif args.images:
-            source = sources.folder_source(sources.parse_images_args(args.images))
-        else:
-            task = prog.add_task(f"rendering {args.views} sim views", total=args.views)
-            render_stats: dict = {}
-            source = sources.sim_source(rig, board, args.views, args.seed, workers=args.render_workers,
-                                        progress=lambda k: prog.advance(task, k), stats=render_stats)
-        det_task = prog.add_task("detecting boards", total=len(source.views) * len(source.cameras))
-        run = pl.CalibrationRun(board, source)
-        if not (args.session or args.images):  # the simulator's cost, reported apart from calibration's
-            run.timings["render_s"] = render_stats["render_s"]
-            run.timings["render_cpu_s"] = render_stats["render_cpu_s"]
+                  console=console, transient=True, disable=not console.is_terminal) as prog:
+        tasks: dict[str, int] = {}
+
+        def progress(task: str, done: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = prog.add_task(labels.get(task, task), total=total or None)
+            prog.update(tasks[task], completed=done, total=total or None)
+
         try:
-            pl.detect_views(source, board, options, lambda _t, d, n: prog.update(det_task, completed=d), run)
-            solve_task = prog.add_task("calibrating", total=None)
-            pl.solve(run, options, existing, lambda _t, d, n: prog.update(solve_task, completed=d, total=n))
-        except pl.CalibrationError as exc:
-            if not args.no_report:
-                try:
-                    path = write_report(exc.partial or run, None, folder, error=str(exc))
-                    console.print(f"partial report: {path}")
-                except Exception:  # the one-line error matters more than the partial report
-                    pass
+            outcome = calibrate(req, progress)
+        except CalibrationError as exc:
+            if exc.report is not None:
+                console.print(f"partial report: {exc.report}", soft_wrap=True)
             raise
-    run.timings["total_s"] = time.perf_counter() - t_start
-    if "render_s" in run.timings:  # what calibrating costs on recorded images: everything but the simulator
-        run.timings["total_without_render_s"] = run.timings["total_s"] - run.timings["render_s"]
-    cal = results.merge(existing, pl.build_calibration(run), pl.run_record(run, rig.name))
-    results.save_calibration(cal, yaml_path)
-    exports = results.write_exports(cal, folder)
-    report = None if args.no_report else write_report(run, cal, folder)
-    _summary(console, run, cal, yaml_path, exports, report)
+    _summary(console, outcome)
     return 0
 
 
-def _summary(console, run, cal, yaml_path, exports, report) -> None:
+# --------------------------------------------------------------------------- printing
+_NBSP = "\u00a0"
+_NUMBER_UNIT = re.compile(r"(\d) (px|mm|m|s|%|deg)\b")
+
+
+def _wrap(text: str, width: int, indent: int = 2) -> str:
+    """``text`` folded at word boundaries to ``width``, continuation lines indented.
+
+    Words (paths) are never split, nor a number from its unit.
+    """
+    glued = _NUMBER_UNIT.sub(lambda m: m.group(1) + _NBSP + m.group(2), text)
+    return textwrap.fill(glued, width=max(20, width), subsequent_indent=" " * indent, break_long_words=False,
+                         break_on_hyphens=False).replace(_NBSP, " ")
+
+
+def _pack(prefix: str, items: list[str], width: int, indent: int = 2) -> str:
+    """``prefix item, item, ...`` folded between items to ``width`` (an item, or the prefix, is never split)."""
+    lines, line = [], prefix
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if line.strip() and len(line) + 1 + len(piece) > width:
+            lines.append(line)
+            line = " " * indent + piece
+        else:
+            line = f"{line} {piece}" if line else piece
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def _say(console, text: str, label: str | None = None, style: str = "") -> None:
+    """Print one message folded to the console width (``label`` styled, e.g. ``warning:``)."""
+    from rich.text import Text
+
+    head = f"{label} " if label else ""
+    out = Text(_wrap(head + text, console.width))
+    if label and style:
+        out.stylize(style, 0, len(label))
+    console.print(out, soft_wrap=True)
+
+
+def _written(paths: list[Path]) -> list[tuple[Path, list[str]]]:
+    """``(folder, file names)``: the files grouped by folder, so each folder is named once."""
+    groups: dict[Path, list[str]] = {}
+    for p in paths:
+        groups.setdefault(p.parent, []).append(p.name)
+    return list(groups.items())
+
+
+def _summary(console, outcome) -> None:
+    run = outcome.run
+    width = console.width
     for cam, recs in run.records.items():
         console.print(f"{cam}: board found in {run.detected(cam)}/{sum(r.status != 'missing' for r in recs)} images")
     for cam, r in run.intrinsics.items():
         if r.residuals:
-            console.print(f"{cam}: fx {r.K[0, 0]:.2f} fy {r.K[1, 1]:.2f} cx {r.K[0, 2]:.2f} cy {r.K[1, 2]:.2f} "
+            _say(console, f"{cam}: fx {r.K[0, 0]:.2f} fy {r.K[1, 1]:.2f} cx {r.K[0, 2]:.2f} cy {r.K[1, 2]:.2f} "
                           f"RMS {r.rms_px:.3f} px, {len(r.views)} views")
     if run.stereo is not None:
         s = run.stereo
-        console.print(f"extrinsics lwir->visible: baseline {s.baseline_m * 1000:.1f} mm, RMS {s.rms_px:.3f} px, "
+        _say(console, f"extrinsics lwir->visible: baseline {s.baseline_m * 1000:.1f} mm, RMS {s.rms_px:.3f} px, "
                       f"epipolar {s.epipolar_px['visible']['mean']:.3f} px")
     if run.homography is not None:
         ho = run.held_out
-        console.print(f"homography: stored {run.homography.method} at {run.homography.plane_distance_m:g} m; held-out boards: "
-                      f"plane {ho['plane']['mean_px']:.2f} px, ransac {ho['ransac']['mean_px']:.2f} px -> {ho['better']} better")
+        _say(console, f"homography: stored {run.homography.method} at {run.homography.plane_distance_m:g} m; held-out "
+                      f"boards: plane {ho['plane']['mean_px']:.2f} px, ransac {ho['ransac']['mean_px']:.2f} px")
+    for n in run.notes:
+        _say(console, n, "note:", "cyan")
     for w in run.warnings:
-        console.print(f"[yellow]warning:[/] {w}", markup=True)
-    console.print(f"wrote {yaml_path}, {exports['kalibr']}, {exports['opencv']}" + (f", {report}" if report else ""))
-    console.print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.timings.items()))
+        _say(console, w, "warning:", "yellow")
+    files = [outcome.paths.calibration, *outcome.exports.paths()] + ([outcome.report] if outcome.report else [])
+    for folder, names in _written(files):
+        console.print(_pack(f"wrote to {folder}:", names, width), soft_wrap=True)
+    console.print(_pack("time:", [f"{k} {v:.1f} s" for k, v in run.timings.items()], width), soft_wrap=True)

@@ -46,6 +46,15 @@ def plane_homography(K_v: np.ndarray, K_l: np.ndarray, R: np.ndarray, t: np.ndar
     return H / H[2, 2]
 
 
+def board_plane(R_board: np.ndarray, t_board: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(n, d)`` of a board's plane ``n . X = d`` in the camera frame, from its pose ``X = R X_board + t``."""
+    n = np.asarray(R_board, np.float64)[:, 2]
+    d = float(n @ np.ravel(t_board))
+    if d < 0:  # keep the normal pointing away from the camera (d > 0), as the working plane's
+        n, d = -n, -d
+    return n, d
+
+
 def apply_h(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Apply a homography to ``(N, 2)`` points."""
     p = np.c_[np.asarray(pts, np.float64).reshape(-1, 2), np.ones(len(np.asarray(pts).reshape(-1, 2)))] @ H.T

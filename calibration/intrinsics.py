@@ -66,6 +66,7 @@ class Dropped:
     what: str  # "view" | "corners"
     count: int
     reason: str
+    threshold_px: float | None = None  # the residual (corners) or view-RMS (views) limit it exceeded
 
     def __str__(self) -> str:
         if self.what == "view":
@@ -192,7 +193,8 @@ def calibrate_intrinsics(camera: str, views: list[ViewPoints], image_size: tuple
         for v, r in zip(views, view_rms):
             if r > v_thr and len(views) - sum(1 for d in dropped if d.what == "view") > options.min_views:
                 dropped.append(Dropped(camera, v.name, "view", len(v.ids),
-                                       f"RMS {r:.2f} px > {v_thr:.2f} px ({options.view_factor:g}x the median view RMS)"))
+                                       f"RMS {r:.2f} px > {v_thr:.2f} px ({options.view_factor:g}x the median view RMS)",
+                                       v_thr))
                 changed = True
                 continue
             bad = np.linalg.norm(res[v.name], axis=1) > c_thr
@@ -202,7 +204,8 @@ def calibrate_intrinsics(camera: str, views: list[ViewPoints], image_size: tuple
                     changed = True
                     continue
                 dropped.append(Dropped(camera, v.name, "corners", int(bad.sum()),
-                                       f"residual > {c_thr:.2f} px ({options.corner_factor:g}x the median residual)"))
+                                       f"residual > {c_thr:.2f} px ({options.corner_factor:g}x the median residual)",
+                                       c_thr))
                 v = v.subset(~bad)
                 changed = True
             kept.append(v)

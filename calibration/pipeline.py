@@ -8,14 +8,20 @@ Two entry points, both pure (no printing; progress through a callback):
   accuracy tests feed it ground-truth corners plus noise).
 
 Bad input raises :class:`CalibrationError` (a :class:`~rig.errors.RigError`)
-carrying the partial :class:`CalibrationRun`, so the CLI can write a partial
-report of what was found.
+carrying the partial :class:`CalibrationRun`, so a partial report of what was
+found can be written (:mod:`rig.calibration.workflow` does).
+
+What a run finds is split into ``warnings`` (something the user can act on:
+add views, check an image) and ``notes`` (expected behaviour worth knowing,
+e.g. a few outlier corners left out, or near boards favouring the RANSAC
+homography over the working-plane one).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,13 +32,17 @@ from rig.calibration import homography as hg
 from rig.calibration.bundle import bundle_adjust
 from rig.calibration.coverage import Coverage, analyse_coverage
 from rig.calibration.detect import Detection, count_boards_hint, detect
-from rig.calibration.intrinsics import IntrinsicsOptions, IntrinsicsResult, ViewPoints, calibrate_intrinsics, undistort_pixels
+from rig.calibration.intrinsics import (Dropped, IntrinsicsOptions, IntrinsicsResult, ViewPoints, calibrate_intrinsics,
+                                        undistort_pixels)
 from rig.calibration.results import Calibration, CameraCalibration, Extrinsics, Homography, Registration
 from rig.calibration.sources import ViewSource
 from rig.calibration.stereo import StereoResult, epipolar_summary, stereo_calibrate
 from rig.errors import RigError
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
+
+OUTLIER_WARN_FRACTION = 0.02  # more of a camera's corners rejected as outliers than this is worth a look
+NEAR_BOARD_FACTOR = 0.5  # boards nearer than this fraction of the working plane: the plane H is expected to miss them
 
 
 class CalibrationError(RigError):
@@ -41,6 +51,7 @@ class CalibrationError(RigError):
     def __init__(self, message: str, partial: "CalibrationRun | None" = None, **kw):
         super().__init__(message, **kw)
         self.partial = partial
+        self.report: Path | None = None  # the partial report, once written
 
 
 @dataclass
@@ -98,7 +109,9 @@ class CalibrationRun:
     plane_fit: dict | None = None
     registration: Registration | None = None
     parallax: dict | None = None
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the user can act on these
+    notes: list[str] = field(default_factory=list)  # expected behaviour, for information
+    board_distances_m: dict[str, float] = field(default_factory=dict)  # joint view -> board centre distance (visible)
     timings: dict[str, float] = field(default_factory=dict)
     calibration: Calibration | None = None
     bundle: dict | None = None  # summary of the joint bundle adjustment
@@ -180,7 +193,10 @@ def solve(run: CalibrationRun, options: CalibrateOptions = CalibrateOptions(), e
         run.intrinsics[cam] = res
         run.cameras[cam] = CameraCalibration(cam, res.model, res.image_size, res.K, res.dist, res.rms_px, res.std,
                                              len(res.views), run.board.name or None)
-        run.warnings.extend(str(d) for d in res.dropped)
+        warn, note = summarise_dropped(cam, res.dropped, sum(len(v.ids) for v in views),
+                                       options.intrinsics.corner_factor)
+        run.warnings.extend(warn)
+        run.notes.extend(note)
         cov = analyse_coverage(cam, res.image_size, {v.name: v.image_points for v in res.views}, res.poses)
         run.coverage[cam] = cov
         run.warnings.extend(cov.warnings)
@@ -205,6 +221,31 @@ def solve(run: CalibrationRun, options: CalibrateOptions = CalibrateOptions(), e
     if progress:
         progress("solve", steps, steps)
     return run
+
+
+def summarise_dropped(camera: str, dropped: list[Dropped], n_corners: int,
+                      corner_factor: float) -> tuple[list[str], list[str]]:
+    """``(warnings, notes)`` for what outlier rejection left out of one camera's views.
+
+    A dropped view is a warning (that image deserves a look). Isolated outlier
+    corners are what the rejection is for: one note per camera, stating the
+    lowest limit any of them exceeded (each rejection round has its own); a
+    warning only when more than :data:`OUTLIER_WARN_FRACTION` of the corners went.
+    """
+    warnings = [str(d) for d in dropped if d.what == "view"]
+    corners = [d for d in dropped if d.what == "corners"]
+    if not corners:
+        return warnings, []
+    n = sum(d.count for d in corners)
+    views = sorted({d.view for d in corners})
+    limits = [d.threshold_px for d in corners if d.threshold_px is not None]
+    limit = f"residual > {min(limits):.2f} px, " if limits else ""
+    where = ", ".join(views[:4]) + (", ..." if len(views) > 4 else "")
+    msg = (f"{camera}: {n} outlier corner(s) of {n_corners} left out, in {len(views)} view(s) ({where}; "
+           f"{limit}{corner_factor:g}x the median residual)")
+    if n > OUTLIER_WARN_FRACTION * max(1, n_corners):
+        return warnings + [msg + ": more than usual; check those views for blur, glare or a bent board"], []
+    return warnings, [msg]
 
 
 def _fixed_intrinsics(old: CameraCalibration, points: dict[str, ViewPoints], model: str) -> IntrinsicsResult:
@@ -273,9 +314,12 @@ def _joint(run: CalibrationRun, options: CalibrateOptions) -> None:
         full = hg.registration_crop(vis.K, vis.dist, vis.image_size, lw.K, lw.dist, lw.image_size, H_plane,
                                     options.output_size, vis.model)
         if full[2] > 0 and crop[2] < 0.97 * full[2]:
-            run.warnings.append(
-                f"registration crop limited to the area the board views covered ({100 * (crop[2] / full[2]) ** 2:.0f} % of "
-                "the area both images share): add views with the board near the LWIR image's corners to widen it")
+            share = f"registration crop limited to the area the board views covered ({100 * (crop[2] / full[2]) ** 2:.0f} % " \
+                    "of the area both images share)"
+            if run.source is not None and run.source.kind == "sim":  # the simulator's pose plan places the boards
+                run.notes.append(share)
+            else:
+                run.warnings.append(share + ": add views with the board near the LWIR image's corners to widen it")
     if crop[2] <= 0:
         raise CalibrationError("the LWIR image warped into the visible image leaves no valid output area", run)
     scale = options.output_size[0] / crop[2]
@@ -296,11 +340,18 @@ def _joint(run: CalibrationRun, options: CalibrateOptions) -> None:
                                 {kk: (vv if not isinstance(vv, dict) else {a: float(b) for a, b in vv.items()})
                                  for kk, vv in run.held_out.items()},
                                 run.parallax, {"ransac" if method == "plane" else "plane": H_all if method == "plane" else H_plane})
+    run.board_distances_m = {a.name: float(np.linalg.norm(vis.poses[a.name][1] + vis.poses[a.name][0] @ run.board.center()))
+                             for a, _ in st.pairs if a.name in vis.poses}
     if better != method:
-        run.warnings.append(f"the {better} homography registered held-out boards better "
-                            f"({getattr(e_plane if better == 'plane' else e_ransac, 'mean_px'):.2f} px vs "
-                            f"{getattr(e_ransac if better == 'plane' else e_plane, 'mean_px'):.2f} px); stored: {method} "
-                            f"(boards are near, the working plane is at {d:g} m)")
+        near = run.board_distances_m and np.median(list(run.board_distances_m.values())) < NEAR_BOARD_FACTOR * d
+        e_b, e_m = (e_plane, e_ransac) if better == "plane" else (e_ransac, e_plane)
+        if method == "plane" and better == "ransac" and near:  # parallax: the plane H is exact at d, not at the boards
+            run.notes.append(f"held-out boards at ~{np.median(list(run.board_distances_m.values())):.1f} m fit the ransac "
+                             f"homography better ({e_b.mean_px:.2f} px vs {e_m.mean_px:.2f} px), as expected: the stored "
+                             f"plane homography is exact at the {d:g} m working plane")
+        else:
+            run.warnings.append(f"the {better} homography registered held-out boards better ({e_b.mean_px:.2f} px vs "
+                                f"{e_m.mean_px:.2f} px); stored: {method} (working plane at {d:g} m)")
 
 
 def _support(vis: IntrinsicsResult, lw: IntrinsicsResult) -> tuple[np.ndarray, np.ndarray] | None:
@@ -359,5 +410,5 @@ def run_record(run: CalibrationRun, rig: str | None = None) -> dict:
             "source": run.source.description if run.source else "points",
             "cameras_calibrated": sorted(run.cameras), "views_used": {c: len(r.views) for c, r in run.intrinsics.items()},
             "joint_views": len(run.stereo.views) if run.stereo else 0,
-            "dropped": [w for w in run.warnings if "dropped" in w],
+            "dropped": [str(x) for r in run.intrinsics.values() for x in r.dropped],
             **({"bundle_adjustment": run.bundle} if run.bundle else {})}

@@ -1,8 +1,11 @@
 """report.html with PNGs, and rig.ply (open3d): what a calibration found and how good it is.
 
-Images are drawn with OpenCV (no plotting dependency): detections per view,
+Images are drawn with OpenCV (no plotting dependency; plots with axes, ticks and
+colour bars come from :mod:`rig.calibration.plots`): detections per view,
 reprojection-error scatter and per-view bars, coverage heat maps, an
-LWIR-over-visible checker blend, and a 3D scene of camera frusta and board poses.
+LWIR-over-visible checker blend (at the board's own plane and at the working
+plane, with the parallax between them stated), and a 3D scene of camera frusta
+and board poses.
 A partial report (bad input) shows only what was found.
 """
 
@@ -10,12 +13,16 @@ from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from rig.calibration import homography as hg
+from rig.calibration import plots
 from rig.calibration import thermal as th
+from rig.calibration.intrinsics import undistort_pixels
 
 
 def _bgr(img: np.ndarray) -> np.ndarray:
@@ -64,60 +71,15 @@ def detection_sheet(run, camera: str, max_views: int = 24, width: int = 320) -> 
     return np.vstack(rows)
 
 
-def scatter_plot(residuals: dict[str, np.ndarray], size: int = 360) -> np.ndarray:
-    """Reprojection residuals (px) as a scatter around the origin with 0.5 px rings."""
-    img = np.full((size, size, 3), 255, np.uint8)
-    allr = np.concatenate(list(residuals.values())) if residuals else np.zeros((0, 2))
-    lim = max(0.5, float(np.percentile(np.abs(allr), 99.5)) * 1.1 if len(allr) else 1.0)
-    c = size // 2
-    k = (size / 2 - 10) / lim
-    for r in np.arange(0.5, lim + 1e-9, 0.5):
-        cv2.circle(img, (c, c), int(r * k), (210, 210, 210), 1)
-    cv2.line(img, (c, 0), (c, size), (180, 180, 180), 1)
-    cv2.line(img, (0, c), (size, c), (180, 180, 180), 1)
-    for p in allr:
-        cv2.circle(img, (int(c + p[0] * k), int(c + p[1] * k)), 1, (200, 80, 0), -1)
-    cv2.putText(img, f"rings: 0.5 px; +-{lim:.2f} px", (6, size - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return img
-
-
-def bar_plot(values: dict[str, float], width: int = 720, height: int = 220, threshold: float | None = None) -> np.ndarray:
-    """Per-view RMS bars."""
-    img = np.full((height, width, 3), 255, np.uint8)
-    if not values:
-        return img
-    vmax = max(max(values.values()), threshold or 0) * 1.15 or 1.0
-    n = len(values)
-    bw = max(1, (width - 40) // n)
-    for i, (name, v) in enumerate(values.items()):
-        h = int((height - 30) * v / vmax)
-        cv2.rectangle(img, (30 + i * bw, height - 20 - h), (30 + (i + 1) * bw - 2, height - 20), (200, 120, 40), -1)
-    if threshold:
-        y = int(height - 20 - (height - 30) * threshold / vmax)
-        cv2.line(img, (30, y), (width, y), (0, 0, 255), 1)
-    cv2.putText(img, f"max {vmax / 1.15:.2f} px", (32, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return img
-
-
-def heat_map(cov, width: int = 360) -> np.ndarray:
-    """Coverage heat map (corner counts per cell) with the 3x3 grid."""
-    heat = cov.heat.astype(np.float32)
-    norm = (255 * heat / max(1.0, heat.max())).astype(np.uint8)
-    h = int(round(width * cov.image_size[1] / cov.image_size[0]))
-    img = cv2.applyColorMap(cv2.resize(norm, (width, h), interpolation=cv2.INTER_NEAREST), cv2.COLORMAP_INFERNO)
-    for k in (1, 2):
-        cv2.line(img, (width * k // 3, 0), (width * k // 3, h), (255, 255, 255), 1)
-        cv2.line(img, (0, h * k // 3), (width, h * k // 3), (255, 255, 255), 1)
-    return img
-
-
-def checker_blend(vis_img: np.ndarray, lwir_img: np.ndarray, cal, cells: int = 8) -> np.ndarray | None:
-    """Output-size checkerboard of undistorted visible and LWIR warped by H (registration preview)."""
+def checker_blend(vis_img: np.ndarray, lwir_img: np.ndarray, cal, H: np.ndarray | None = None,
+                  cells: int = 8) -> np.ndarray | None:
+    """Output-size checkerboard of undistorted visible and LWIR warped by ``H`` (default: the stored homography)."""
     if cal.homography is None or cal.registration is None:
         return None
     cv_, cl = cal.cameras["visible"], cal.cameras["lwir"]
     if cv_.model != "pinhole" or cl.model != "pinhole":
         return None
+    H = cal.homography.H if H is None else H
     x, y, w, h = cal.registration.crop
     ow, oh = cal.registration.output_size
     s = ow / w
@@ -125,12 +87,65 @@ def checker_blend(vis_img: np.ndarray, lwir_img: np.ndarray, cal, cells: int = 8
     v = cv2.undistort(_bgr(vis_img), cv_.K, cv_.dist)
     l_und = cv2.undistort(_bgr(lwir_img), cl.K, cl.dist)
     v_out = cv2.warpPerspective(v, A, (ow, oh))
-    l_out = cv2.warpPerspective(l_und, A @ cal.homography.H, (ow, oh))
+    l_out = cv2.warpPerspective(l_und, A @ H, (ow, oh))
     yy, xx = np.mgrid[0:oh, 0:ow]
     mask = ((xx * cells // ow + yy * cells // oh) % 2).astype(bool)
     out = v_out.copy()
     out[mask] = l_out[mask]
     return out
+
+
+@dataclass(frozen=True)
+class PlaneCheck:
+    """One joint view registered two ways: with its board's own plane and with the stored working plane.
+
+    Misregistration: mean over the board's corners seen by both cameras of the
+    distance (output px) between the LWIR corner mapped by the homography and
+    the visible corner (both undistorted).
+    """
+
+    view: str
+    board_distance_m: float  # camera (visible) to board centre
+    working_plane_m: float
+    H_board: np.ndarray  # plane-induced homography of the board's plane
+    board_plane_px: float  # misregistration with H_board
+    working_plane_px: float  # misregistration with the stored homography
+
+
+def plane_check(run, cal, view: str) -> PlaneCheck | None:
+    """:class:`PlaneCheck` of ``view`` (``None`` without a joint calibration or the view's board pose)."""
+    if cal is None or cal.extrinsics is None or cal.homography is None or cal.registration is None or run.stereo is None:
+        return None
+    pose = run.intrinsics["visible"].poses.get(view) if "visible" in run.intrinsics else None
+    pair = next(((a, b) for a, b in run.stereo.pairs if a.name == view), None)
+    if pose is None or pair is None:
+        return None
+    cv_, cl = cal.cameras["visible"], cal.cameras["lwir"]
+    R_b, t_b = pose
+    n, d = hg.board_plane(R_b, t_b)
+    H_board = hg.plane_homography(cv_.K, cl.K, cal.extrinsics.R, np.ravel(cal.extrinsics.t), d, n)
+    a, b = pair
+    pv = undistort_pixels(a.image_points, cv_.K, cv_.dist, cv_.model)
+    pl = undistort_pixels(b.image_points, cl.K, cl.dist, cl.model)
+    scale = cal.registration.scale
+
+    def err(H: np.ndarray) -> float:
+        return float(np.linalg.norm(hg.apply_h(H, pl) - pv, axis=1).mean() * scale)
+
+    dist = float(np.linalg.norm(R_b @ run.board.center() + np.ravel(t_b)))
+    return PlaneCheck(view, dist, float(cal.homography.plane_distance_m), H_board, err(H_board), err(cal.homography.H))
+
+
+def blend_captions(pc: PlaneCheck) -> tuple[str, str]:
+    """Captions of the board-plane blend and of the working-plane blend, with their numbers."""
+    board = (f"LWIR over visible, checker blend at the output ({pc.view}): LWIR warped with the homography of this "
+             f"board's own plane (board {pc.board_distance_m:.2f} m away), so the board lines up: "
+             f"{pc.board_plane_px:.2f} px mean misregistration at its corners.")
+    work = (f"The same view warped with the stored homography of the {pc.working_plane_m:g} m working plane: the board, "
+            f"{pc.board_distance_m:.2f} m away, shows {pc.working_plane_px:.1f} px of parallax (mean at its corners, output "
+            f"px), as expected for an object much nearer than the working plane; objects near {pc.working_plane_m:g} m "
+            "register (see the parallax table).")
+    return board, work
 
 
 def write_ply(run, cal, path: Path) -> Path | None:
@@ -204,11 +219,15 @@ def write_report(run, cal, folder: str | Path, error: str | None = None) -> Path
     parts.append(f"<p>Board: {html.escape(b.name or str(b.source))} ({b.cols}x{b.rows} {b.type}, {b.spacing * 1000:g} mm). "
                  f"Source: {html.escape(run.source.description if run.source else 'points')}</p>")
 
-    def img(name, image, caption):
+    def img(name, image, caption, alt=None):
         if image is None:
             return
         cv2.imwrite(str(files / name), image)
-        parts.append(f"<figure><img src='report_files/{name}' style='max-width:100%'><figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append(f"<figure><img src='report_files/{name}' alt='{html.escape(alt or caption, quote=True)}' "
+                     f"style='max-width:100%'><figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def fig(name, f: plots.Figure, caption):
+        img(name, f.image, caption, f.describe())
 
     # Detection summary.
     parts.append("<h2>Detections</h2><table><tr><th>camera</th><th>images</th><th>board found</th><th>no board</th><th>image size</th></tr>")
@@ -235,14 +254,21 @@ def write_report(run, cal, folder: str | Path, error: str | None = None) -> Path
         parts.append("</table>")
         for cam, r in run.intrinsics.items():
             if r.residuals:
-                img(f"residuals_{cam}.png", scatter_plot(r.residuals), f"{cam}: reprojection residuals")
-                img(f"per_view_{cam}.png", bar_plot(r.per_view_rms), f"{cam}: per-view RMS (px)")
+                allr = np.concatenate(list(r.residuals.values()))
+                fig(f"residuals_{cam}.png", plots.residual_scatter(allr, r.rms_px, cam),
+                    f"{cam}: reprojection residuals of {len(allr)} corners (observed - projected); rings at the RMS "
+                    f"({r.rms_px:.3f} px) and 3xRMS ({3 * r.rms_px:.3f} px)")
+                fig(f"per_view_{cam}.png", plots.per_view_bars(r.per_view_rms, cam, r.rms_px),
+                    f"{cam}: per-view reprojection RMS (px); the line is the RMS over all views")
             if cam in run.coverage:
                 cov = run.coverage[cam]
-                img(f"coverage_{cam}.png", heat_map(cov), f"{cam}: corner coverage ({cov.area_fraction:.0%} of the image; "
-                    f"max tilt {max(cov.tilts_deg.values(), default=0):.0f} deg)")
-    if run.warnings:
-        parts.append("<h2>Warnings and dropped data</h2><ul>" + "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in run.warnings) + "</ul>")
+                fig(f"coverage_{cam}.png", plots.coverage_map(cov.heat, cov.image_size, cam),
+                    f"{cam}: corner coverage ({cov.area_fraction:.0%} of the image; "
+                    f"max tilt {max(cov.tilts_deg.values(), default=0):.0f} deg); lines: the image's thirds")
+    if run.warnings or run.notes:
+        parts.append("<h2>Warnings and notes</h2><ul>"
+                     + "".join(f"<li class='warn'>warning: {html.escape(w)}</li>" for w in run.warnings)
+                     + "".join(f"<li class='note'>note: {html.escape(n)}</li>" for n in run.notes) + "</ul>")
     # Joint.
     if run.stereo is not None:
         s = run.stereo
@@ -273,8 +299,11 @@ def write_report(run, cal, folder: str | Path, error: str | None = None) -> Path
         if run.source is not None and run.stereo is not None:
             name = run.stereo.views[len(run.stereo.views) // 2]
             vi, li = run.source.load(name, "visible"), run.source.load(name, "lwir")
-            if vi is not None and li is not None:
-                img("checker_blend.png", checker_blend(vi, li, cal), f"LWIR over visible, checker blend at the output ({name})")
+            pc = plane_check(run, cal, name)
+            if vi is not None and li is not None and pc is not None:
+                board_caption, work_caption = blend_captions(pc)
+                img("checker_blend.png", checker_blend(vi, li, cal, pc.H_board), board_caption)
+                img("checker_blend_working_plane.png", checker_blend(vi, li, cal), work_caption)
     if cal is not None and cal.cameras and not error:
         try:
             write_ply(run, cal, folder / "rig.ply")

@@ -1,8 +1,9 @@
-"""``calibration.yaml``: the calibration of a rig, its loader, and exports (Kalibr, OpenCV).
+"""``calibration.yaml``: the calibration of a rig, its loader and writer, and accumulation over runs.
 
 The schema is documented in ``calibration/SCHEMA.md``. :func:`load_calibration`
 validates a file completely; every problem raises
-:class:`~rig.errors.RigError` naming the file and the dotted key.
+:class:`~rig.errors.RigError` naming the file and the dotted key. Exports to other
+tools' formats (Kalibr, OpenCV, ROS) are in :mod:`rig.calibration.exports`.
 """
 
 from __future__ import annotations
@@ -289,69 +290,3 @@ def merge(old: Calibration | None, new: Calibration, run: dict) -> Calibration:
     prov = {"software": f"rig {__version__}", "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "runs": runs}
     return replace(new, cameras=cams, extrinsics=ext, homography=hom, registration=reg, provenance=prov)
-
-
-# --------------------------------------------------------------------------- exports
-def kalibr_camchain(cal: Calibration, topics: dict[str, str] | None = None) -> dict:
-    """A Kalibr camchain document (cam0 = visible, cam1 = lwir).
-
-    Kalibr's ``radtan`` has k1 k2 p1 p2 only: a non-zero k3 (or rational terms)
-    cannot be represented and is dropped (noted in the returned ``note``).
-    """
-    order = [n for n in ("visible", "lwir") if n in cal.cameras] + [n for n in cal.cameras if n not in ("visible", "lwir")]
-    doc: dict = {}
-    for i, name in enumerate(order):
-        c = cal.cameras[name]
-        entry = {"camera_model": "pinhole", "intrinsics": [float(c.K[0, 0]), float(c.K[1, 1]), float(c.K[0, 2]), float(c.K[1, 2])],
-                 "distortion_model": "equidistant" if c.model == "fisheye" else "radtan",
-                 "distortion_coeffs": [float(x) for x in c.dist[:4]], "resolution": list(map(int, c.image_size)),
-                 "rostopic": (topics or {}).get(name, f"/{name}/image_raw"), "cam_overlaps": [j for j in range(len(order)) if j != i]}
-        if i > 0 and cal.extrinsics is not None and {name, order[i - 1]} == {cal.extrinsics.from_camera, cal.extrinsics.to_camera}:
-            e = cal.extrinsics
-            T = np.eye(4)
-            T[:3, :3], T[:3, 3] = e.R, np.ravel(e.t)  # X_to = T X_from
-            if e.to_camera == name:  # T_cn_cnm1: X_cn = T X_cnm1
-                entry["T_cn_cnm1"] = _m(T)
-            else:
-                entry["T_cn_cnm1"] = _m(np.linalg.inv(T))
-        doc[f"cam{i}"] = entry
-    return doc
-
-
-def write_exports(cal: Calibration, folder: str | Path) -> dict[str, Path]:
-    """Write ``camchain.yaml`` (Kalibr) and ``calibration_opencv.yml`` (cv2.FileStorage); return their paths."""
-    import cv2
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    chain = folder / "camchain.yaml"
-    notes = [n for n, c in cal.cameras.items() if c.model == "pinhole" and len(c.dist) > 4 and np.abs(c.dist[4:]).max() > 0]
-    header = "# Kalibr camchain written by rig.\n"
-    if notes:
-        header += f"# Kalibr radtan has no k3: k3 dropped for {', '.join(notes)} (see calibration.yaml for the full model).\n"
-    chain.write_text(header + dump_yaml(kalibr_camchain(cal)), encoding="utf-8")
-    out["kalibr"] = chain
-    path = folder / "calibration_opencv.yml"
-    fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_WRITE)
-    for name, c in cal.cameras.items():
-        fs.write(f"{name}_model", c.model)
-        fs.write(f"{name}_image_width", int(c.image_size[0]))
-        fs.write(f"{name}_image_height", int(c.image_size[1]))
-        fs.write(f"{name}_camera_matrix", np.asarray(c.K, np.float64))
-        fs.write(f"{name}_distortion_coefficients", np.asarray(c.dist, np.float64).reshape(1, -1))
-    if cal.extrinsics is not None:
-        e = cal.extrinsics
-        # OpenCV stereoCalibrate convention: X_2 = R X_1 + T with camera 1 = visible, camera 2 = lwir.
-        fs.write("R", np.asarray(e.R.T, np.float64))
-        fs.write("T", np.asarray(-e.R.T @ np.ravel(e.t), np.float64).reshape(3, 1))
-        fs.write("R_T_convention", "X_lwir = R X_visible + T (stereoCalibrate, camera 1 = visible)")
-    if cal.homography is not None:
-        fs.write("H_lwir_to_visible_undistorted", np.asarray(cal.homography.H, np.float64))
-        fs.write("plane_distance_m", float(cal.homography.plane_distance_m))
-    if cal.registration is not None:
-        fs.write("registration_crop_xywh", np.asarray(cal.registration.crop, np.float64).reshape(1, 4))
-        fs.write("output_size", np.asarray(cal.registration.output_size, np.int32).reshape(1, 2))
-    fs.release()
-    out["opencv"] = path
-    return out

@@ -216,6 +216,18 @@ def parse_board(data: object, path: Path | None = None) -> Board:
     return Board(**{**board.__dict__, "name": name, "source": Path(path) if path else None})
 
 
+MAX_SIZE_M = 10.0  # no calibration board has squares, tags or spacings this large: a larger size is a unit mistake
+
+
+def _metres(node: Node) -> float:
+    """A board length in metres (> 0, <= :data:`MAX_SIZE_M`); a millimetre value gets a hint."""
+    value = node.float(0.0, open_lo=True, unit="metres")
+    if value > MAX_SIZE_M:
+        raise node.error(f"must be <= {MAX_SIZE_M:g} (metres), got {value:g}; did you mean {value / 1000:g} "
+                         f"({value:g} mm)?")
+    return value
+
+
 def _parse_native(root: Node) -> Board:
     root.reject_unknown({"type", "cols", "rows", "square_size", "spacing", "marker_size", "circle_diameter",
                          "dictionary", "legacy_pattern", "margin", "thermal", "name", "description"})
@@ -225,13 +237,13 @@ def _parse_native(root: Node) -> Board:
     other = "spacing" if size_key == "square_size" else "square_size"
     if root.has(other) and not root.has(size_key):
         raise root.error(f"a {kind} board takes '{size_key}', not '{other}'", other)
-    spacing = root.req(size_key).float(0.0, 10.0, open_lo=True)
+    spacing = _metres(root.req(size_key))
     marker = diameter = None
     dictionary, legacy = "4X4_50", False
     if kind == "charuco":
         if cols < 3 or rows < 3:
             raise root.error("a ChArUco board needs at least 3x3 squares", "cols")
-        marker = root.req("marker_size").float(0.0, open_lo=True)
+        marker = _metres(root.req("marker_size"))
         if marker >= spacing:
             raise root.error(f"marker_size ({marker:g}) must be smaller than square_size ({spacing:g})", "marker_size")
         if root.has("dictionary"):
@@ -242,14 +254,14 @@ def _parse_native(root: Node) -> Board:
         if needed > dict_size:
             raise root.error(f"{cols}x{rows} squares need {needed} markers but {dictionary} has {dict_size}", "dictionary")
     if kind in ("circles", "asymmetric_circles") and root.has("circle_diameter"):
-        diameter = root.child("circle_diameter").float(0.0, open_lo=True)
+        diameter = _metres(root.child("circle_diameter"))
         limit = spacing * (2 ** 0.5 if kind == "asymmetric_circles" else 1.0)
         if diameter >= limit:
             raise root.error(f"circle_diameter ({diameter:g}) must be smaller than the circle spacing ({limit:g})",
                              "circle_diameter")
     if kind == "chessboard" and cols == rows:
         raise root.error("a square chessboard (cols == rows) is ambiguous under rotation; use e.g. 9x6", "cols")
-    margin = root.child("margin").float(0.0) if root.has("margin") else None
+    margin = root.child("margin").float(0.0, unit="metres") if root.has("margin") else None
     polarity = "auto"
     if (th := root.opt("thermal")) is not None:
         th.reject_unknown({"polarity"})
@@ -261,7 +273,7 @@ def _parse_kalibr(root: Node) -> Board:
     kind = root.req("target_type").str(("checkerboard", "circlegrid", "aprilgrid"))
     if kind == "checkerboard":
         root.reject_unknown({"target_type", "targetCols", "targetRows", "rowSpacingMeters", "colSpacingMeters"})
-        row, col = root.req("rowSpacingMeters").float(0.0, open_lo=True), root.req("colSpacingMeters").float(0.0, open_lo=True)
+        row, col = _metres(root.req("rowSpacingMeters")), _metres(root.req("colSpacingMeters"))
         if abs(row - col) > 1e-9:
             raise root.error(f"non-square checkerboard cells ({row:g} x {col:g}) are not supported", "colSpacingMeters")
         return Board("chessboard", root.req("targetCols").int(lo=2), root.req("targetRows").int(lo=2), col)
@@ -269,8 +281,8 @@ def _parse_kalibr(root: Node) -> Board:
         root.reject_unknown({"target_type", "targetCols", "targetRows", "spacingMeters", "asymmetricGrid"})
         asym = root.child("asymmetricGrid").bool() if root.has("asymmetricGrid") else False
         return Board("asymmetric_circles" if asym else "circles", root.req("targetCols").int(lo=2),
-                     root.req("targetRows").int(lo=2), root.req("spacingMeters").float(0.0, open_lo=True))
+                     root.req("targetRows").int(lo=2), _metres(root.req("spacingMeters")))
     root.reject_unknown({"target_type", "tagCols", "tagRows", "tagSize", "tagSpacing", "codeOffset"})
     return Board("aprilgrid", root.req("tagCols").int(lo=1), root.req("tagRows").int(lo=1),
-                 root.req("tagSize").float(0.0, open_lo=True), tag_spacing=root.req("tagSpacing").float(0.0, 2.0, open_lo=True),
+                 _metres(root.req("tagSize")), tag_spacing=root.req("tagSpacing").float(0.0, 2.0, open_lo=True),
                  dictionary="APRILTAG_36h11")

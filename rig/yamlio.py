@@ -113,13 +113,16 @@ class Node:
         self._range(self.data, lo, hi)
         return self.data
 
-    def float(self, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False) -> float:
+    def float(self, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False,
+              unit: str | None = None) -> float:
+        """The number; a range error names ``unit`` (e.g. ``"must be <= 10 (metres), got 60"``)."""
         if isinstance(self.data, bool) or not isinstance(self.data, (int, float)) or not math.isfinite(self.data):
             raise self.error(f"expected a number, got {self.data!r}")
         value = float(self.data)
+        u = f" ({unit})" if unit else ""
         if open_lo and lo is not None and value <= lo:
-            raise self.error(f"must be > {lo:g}, got {value:g}")
-        self._range(value, None if open_lo else lo, hi)
+            raise self.error(f"must be > {lo:g}{u}, got {value:g}")
+        self._range(value, None if open_lo else lo, hi, u)
         return value
 
     def floats(self, n: int | None = None, *, choices_n: Sequence[int] | None = None) -> list[float]:
@@ -136,8 +139,8 @@ class Node:
             raise self.error(f"expected {n} integers, got {len(items)}")
         return [item.int(lo=lo) for item in items]
 
-    def _range(self, value: float, lo: float | None, hi: float | None) -> None:
+    def _range(self, value: float, lo: float | None, hi: float | None, unit: str = "") -> None:
         if lo is not None and value < lo:
-            raise self.error(f"must be >= {lo:g}, got {value:g}")
+            raise self.error(f"must be >= {lo:g}{unit}, got {value:g}")
         if hi is not None and value > hi:
-            raise self.error(f"must be <= {hi:g}, got {value:g}")
+            raise self.error(f"must be <= {hi:g}{unit}, got {value:g}")

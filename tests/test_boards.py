@@ -113,3 +113,21 @@ def test_charuco_and_circle_renders_detectable():
     asym = parse_board({"type": "asymmetric_circles", "cols": 4, "rows": 11, "spacing": 0.02})
     found, _ = cv2.findCirclesGrid(asym.render_printable(60), asym.pattern_size, flags=cv2.CALIB_CB_ASYMMETRIC_GRID)
     assert found
+
+
+@pytest.mark.parametrize("text,key,value,hint", [
+    ("type: chessboard\ncols: 9\nrows: 6\nsquare_size: 60\n", "square_size", "60", "0.06 (60 mm)"),
+    ("target_type: aprilgrid\ntagCols: 6\ntagRows: 6\ntagSize: 88\ntagSpacing: 0.3\n", "tagSize", "88", "0.088 (88 mm)"),
+])
+def test_size_in_millimetres_names_metres_and_suggests(write_yaml, text, key, value, hint):
+    path = write_yaml(text)
+    with pytest.raises(RigError) as err:
+        load_board(path)
+    assert str(err.value) == f"{path}: {key}: must be <= 10 (metres), got {value}; did you mean {hint}?"
+
+
+def test_negative_size_names_metres(write_yaml):
+    path = write_yaml("type: chessboard\ncols: 9\nrows: 6\nsquare_size: -0.06\n")
+    with pytest.raises(RigError) as err:
+        load_board(path)
+    assert str(err.value) == f"{path}: square_size: must be > 0 (metres), got -0.06"

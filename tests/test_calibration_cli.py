@@ -206,3 +206,32 @@ def test_sim_default(tmp_path, capsys):
     assert cal.cameras["visible"].image_size == (1920, 1200) and cal.cameras["lwir"].image_size == (640, 512)
     assert cal.homography.plane_distance_m == 15.0 and (tmp_path / "rig.ply").is_file()
     assert "render_s" in err and "render_cpu_s" in err and "total_without_render_s" in err
+
+
+def test_output_fits_80_columns(tmp_path, capsys, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "80")
+    dirs = make_folders(tmp_path / "in")
+    out = tmp_path / "out"
+    code, err = _run(["calibrate", "--board", "ir_board", "--images", f"visible={dirs['visible']}",
+                      "--images", f"lwir={dirs['lwir']}", "--out", str(out)], capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0] == "visible: board found in 8/8 images"  # no blank line before the summary
+    for line in lines:
+        assert len(line) <= 80 or " " not in line.strip(), repr(line)  # only a path longer than 80 may be
+        assert line == line.rstrip(), repr(line)
+        assert not re.match(r"\s*(px|mm|s)\b", line), repr(line)  # a number is never parted from its unit
+    # Folded messages continue indented, after a label that starts the message.
+    for prev, line in zip(lines, lines[1:]):
+        if line.startswith(" "):
+            assert line.startswith("  ") and not line.startswith("   "), repr(line)
+    text = " ".join(l.strip() for l in lines)
+    assert (f"wrote to {out}: calibration.yaml, camchain.yaml, calibration_opencv.yml, visible_camera_info.yaml, "
+            "lwir_camera_info.yaml, report.html") in text
+    assert re.search(r"time: detect_s \d+\.\d s, intrinsics_s \d+\.\d s, joint_s \d+\.\d s, total_s \d+\.\d s$", text)
+    # Expected behaviour is a note, not a warning; the user can act on what stays a warning.
+    assert "note: held-out boards at ~1.2 m fit the ransac homography better" in text
+    assert "warning: registration crop limited to the area the board views covered" in text
+    assert not re.search(r"warning: the (ransac|plane) homography", text)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from rig.calibration.results import (Calibration, CameraCalibration, Extrinsics, Homography, Registration, kalibr_camchain,
+from rig.calibration.exports import kalibr_camchain
+from rig.calibration.results import (Calibration, CameraCalibration, Extrinsics, Homography, Registration,
                                      load_calibration, save_calibration)
 from rig.errors import RigError
 
@@ -57,3 +58,48 @@ def test_kalibr_camchain():
     assert doc["cam0"]["resolution"] == [1920, 1200] and doc["cam1"]["distortion_model"] == "radtan"
     T = np.array(doc["cam1"]["T_cn_cnm1"])  # X_lwir = T X_visible
     assert np.allclose(T[:3, 3], [-0.12, -0.05, 0.0])
+
+
+ROS_KEYS = {"image_width", "image_height", "camera_name", "camera_matrix", "distortion_model", "distortion_coefficients",
+            "rectification_matrix", "projection_matrix"}
+
+
+def _ros_matrix(node, rows, cols):
+    assert set(node) == {"rows", "cols", "data"} and (node["rows"], node["cols"]) == (rows, cols)
+    assert len(node["data"]) == rows * cols
+    return np.array(node["data"], float).reshape(rows, cols)
+
+
+def test_ros_camera_info_files(tmp_path):
+    from rig.calibration.exports import write_exports
+
+    cal = _cal()
+    exports = write_exports(cal, tmp_path)
+    assert set(exports.ros) == {"visible", "lwir"}
+    for name, path in exports.ros.items():
+        assert path == tmp_path / f"{name}_camera_info.yaml" and path.parent == exports.kalibr.parent
+        doc = yaml.safe_load(path.read_text())
+        c = cal.cameras[name]
+        assert set(doc) == ROS_KEYS
+        assert (doc["image_width"], doc["image_height"]) == c.image_size and doc["camera_name"] == name
+        K = _ros_matrix(doc["camera_matrix"], 3, 3)
+        assert np.array_equal(K, c.K)
+        assert doc["distortion_model"] == "plumb_bob"
+        assert np.array_equal(_ros_matrix(doc["distortion_coefficients"], 1, 5)[0], c.dist)
+        assert np.array_equal(_ros_matrix(doc["rectification_matrix"], 3, 3), np.eye(3))
+        assert np.array_equal(_ros_matrix(doc["projection_matrix"], 3, 4), np.c_[c.K, np.zeros(3)])
+
+
+@pytest.mark.parametrize("model, dist, ros_model, n", [
+    ("pinhole", [-0.1, 0.05, 0.001, -0.002], "plumb_bob", 5),  # k1 k2 p1 p2: k3 = 0
+    ("pinhole", [-0.1, 0.05, 0.001, -0.002, 0.01, 0.2, 0.01, 0.03], "rational_polynomial", 8),
+    ("fisheye", [0.01, -0.002, 0.0005, -0.0001], "equidistant", 4),
+])
+def test_ros_distortion_models(model, dist, ros_model, n):
+    from rig.calibration.exports import ros_camera_info
+
+    c = CameraCalibration("lwir", model, (640, 512), np.array([[700.0, 0, 320], [0, 700, 256], [0, 0, 1]]), np.array(dist))
+    doc = ros_camera_info(c)
+    assert doc["distortion_model"] == ros_model
+    D = _ros_matrix(doc["distortion_coefficients"], 1, n)[0]
+    assert np.array_equal(D[:len(dist)], dist) and not D[len(dist):].any()
