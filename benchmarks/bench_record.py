@@ -27,7 +27,8 @@ from pathlib import Path
 
 import cv2
 
-from rig.capture.recorder import Recorder, sim_cameras_for_drive
+from rig.capture.recorder import Recorder
+from rig.capture.sim_camera import sim_cameras_for_drive
 from rig.rigconfig import load_rig
 from rig.session import SessionReader
 

@@ -10,6 +10,7 @@ Schema: ``calibration/SCHEMA.md``. Modules: ``detect``, ``thermal``, ``intrinsic
 ``coverage``, ``stereo``, ``bundle``, ``homography``, ``results`` (calibration.yaml),
 ``exports`` (Kalibr, OpenCV, ROS camera_info), ``report`` and ``plots``, ``sources``,
 ``pipeline`` (pure computation), ``workflow`` (one ``rig calibrate`` run, with its I/O),
+``record`` (``rig record --calibration``: keeps still board views until coverage suffices),
 ``cli``. Heavy imports (open3d) happen inside functions.
 """
 

@@ -21,13 +21,28 @@ Usage::
     with BosonControl("/dev/ttyACM0") as ctl:
         ctl.set_ffc_mode("manual")
         ctl.run_ffc()
+
+flirpy's private surface
+------------------------
+``_CheckedBoson`` skips ``Boson.__init__`` (it calls ``logging.basicConfig()``
+and may scan for ports) and overrides ``_send_packet`` and ``receive``. That ties
+it to flirpy internals, so pyproject pins the range tested (``flirpy>=0.6.2,<0.7``)
+and :func:`flirpy_problems` (run by the test suite) names any of these that a
+flirpy version changed: the signatures in :data:`FLIRPY_SIGNATURES`, the
+attributes ``Boson.__init__`` sets (:data:`FLIRPY_INIT_ATTRIBUTES`, which
+``_CheckedBoson.__init__`` sets instead) and what ``Boson._send_packet`` uses
+(:data:`FLIRPY_SEND_PACKET_USES`: the sequence number it encodes, and the
+``send``/``receive`` it calls).
 """
 
 from __future__ import annotations
 
+import dis
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 
 from flirpy.camera.boson import Boson
 
@@ -50,6 +65,59 @@ log = logging.getLogger(__name__)
 FFC_MODES = {"manual": FfcMode.MANUAL, "auto": FfcMode.AUTO, "external": FfcMode.EXTERNAL, "shutter-test": FfcMode.SHUTTER_TEST}
 CORRUPT_GRACE_S = 0.03  # after a corrupt packet, how long to wait for a good one before resending
 SYNC_MODES = {"disabled": ExtSyncMode.DISABLED, "master": ExtSyncMode.MASTER, "slave": ExtSyncMode.SLAVE}
+
+FLIRPY_TESTED = "0.6.2"
+# flirpy methods _CheckedBoson overrides or calls, with the signatures it was written against.
+FLIRPY_SIGNATURES = {
+    "_send_packet": "(self, function_id, data=None, receive_size=0)",  # overridden, and called via super()
+    "receive": "(self, timeout=1)",  # overridden (flirpy's _send_packet calls self.receive())
+    "_decode_packet": "(self, data, receive_size=0)",  # called by the getters on our reply bytes
+    "send": "(self, packet)",
+    "connect": "(self, port, baudrate)",
+    "close": "(self)",
+    "get_part_number": "(self)", "get_camera_serial": "(self)", "get_sensor_serial": "(self)",
+    "get_firmware_revision": "(self)", "get_fpa_temperature": "(self)", "get_frame_count": "(self)",
+    "get_ffc_state": "(self)", "get_last_ffc_frame_count": "(self)", "get_ffc_mode": "(self)",
+    "set_ffc_manual": "(self)", "set_ffc_auto": "(self)", "do_ffc": "(self)",
+    "get_external_sync_mode": "(self)", "set_external_sync_mode": "(self, sync_mode)",
+}
+FLIRPY_INIT_ATTRIBUTES = frozenset({"command_count", "cap", "conn", "logger"})  # set by Boson.__init__, which we skip
+FLIRPY_SEND_PACKET_USES = ("command_count", "send", "receive")
+
+
+def flirpy_problems(boson_cls: type = Boson) -> list[str]:
+    """What of flirpy's private surface that :class:`BosonControl` relies on differs from the tested flirpy.
+
+    Empty when compatible; else one sentence per difference, naming the installed
+    flirpy version and the method or attribute.
+    """
+    try:
+        version = metadata.version("flirpy")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    where = f"flirpy {version} (tested: {FLIRPY_TESTED})"
+    problems = []
+    for name, want in FLIRPY_SIGNATURES.items():
+        fn = getattr(boson_cls, name, None)
+        if fn is None:
+            problems.append(f"{where}: Boson.{name} is missing (BosonControl needs {name}{want})")
+            continue
+        got = str(inspect.signature(fn))
+        if got != want:
+            problems.append(f"{where}: Boson.{name}{got} changed; BosonControl was written for {name}{want}")
+    init = getattr(boson_cls, "__init__", None)
+    if init is not None and hasattr(init, "__code__"):
+        sets = {i.argval for i in dis.get_instructions(init) if i.opname == "STORE_ATTR"}
+        if sets != FLIRPY_INIT_ATTRIBUTES:
+            problems.append(f"{where}: Boson.__init__ sets {sorted(sets)}, _CheckedBoson.__init__ (which skips it) "
+                            f"sets {sorted(FLIRPY_INIT_ATTRIBUTES)}")
+    send_packet = getattr(boson_cls, "_send_packet", None)
+    if send_packet is not None and hasattr(send_packet, "__code__"):
+        missing = [n for n in FLIRPY_SEND_PACKET_USES if n not in send_packet.__code__.co_names]
+        if missing:
+            problems.append(f"{where}: Boson._send_packet no longer uses {', '.join(missing)}; _CheckedBoson sets the "
+                            "sequence number in command_count and expects _send_packet to call send() and receive()")
+    return problems
 
 
 @dataclass

@@ -104,9 +104,54 @@ def _register_record(subparsers) -> None:
     drive.add_argument("--queue", type=int, default=32, metavar="N", help="frames buffered per camera (default 32)")
     cal = rec.add_argument_group("calibration")
     cal.add_argument("--board", default="ir_board", help="board YAML file or shipped board name (default ir_board)")
-    cal.add_argument("--max-views", type=int, default=40, help="stop after keeping this many views (default 40)")
-    cal.add_argument("--min-views", type=int, default=15, help="views needed before coverage can be sufficient")
+    cal.add_argument("--max-views", type=int, default=None,
+                     help=f"stop after keeping this many views (default {DEFAULT_MAX_VIEWS})")
+    cal.add_argument("--min-views", type=int, default=None,
+                     help=f"views needed before coverage can be sufficient (default {DEFAULT_MIN_VIEWS})")
     rec.set_defaults(handler=_record)
+
+
+DEFAULT_MIN_VIEWS = 15
+DEFAULT_MAX_VIEWS = 40
+
+
+def view_limits(min_views: int | None, max_views: int | None) -> tuple[int, int]:
+    """``--min-views`` / ``--max-views`` with their defaults, checked (a one-line RigError naming the defaults used)."""
+    lo = DEFAULT_MIN_VIEWS if min_views is None else min_views
+    hi = DEFAULT_MAX_VIEWS if max_views is None else max_views
+    if lo < 1:
+        raise RigError(f"--min-views must be at least 1, got {lo}")
+    if hi < lo:
+        why = [f"--min-views defaults to {DEFAULT_MIN_VIEWS}"] if min_views is None else []
+        why += [f"--max-views defaults to {DEFAULT_MAX_VIEWS}"] if max_views is None else []
+        note = f" ({'; '.join(why)})" if why else ""
+        raise RigError(f"--max-views {hi} is below --min-views {lo}{note}: give --min-views {hi} or less, "
+                       f"or a larger --max-views")
+    return lo, hi
+
+
+def _check_record_args(args: argparse.Namespace) -> None:
+    """Every check that needs no device and no rendering, so a typo fails before minutes of work."""
+    if args.duration is not None and args.duration <= 0:
+        raise RigError(f"--duration must be positive, got {args.duration:g}")
+    if args.reserve_mb < 0:
+        raise RigError(f"--reserve-mb must not be negative, got {args.reserve_mb:g}")
+    if args.calibration:
+        args.min_views, args.max_views = view_limits(args.min_views, args.max_views)
+        return
+    if args.ffc_when_stopped and not args.gps:
+        raise RigError("--ffc-when-stopped needs --gps (the vehicle's speed comes from GPS)")
+    if args.ffc_interval is not None and args.ffc_interval <= 0:
+        raise RigError(f"--ffc-interval must be positive, got {args.ffc_interval:g}")
+    if args.queue < 1:
+        raise RigError(f"--queue must be at least 1 frame, got {args.queue}")
+    if args.gps_baud <= 0:
+        raise RigError(f"--gps-baud must be positive, got {args.gps_baud}")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RigError("already exists and is not empty; choose another --out or remove it", path=out)
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -114,18 +159,21 @@ def _record(args: argparse.Namespace) -> int:
 
     from rig.rigconfig import load_rig
 
-    if args.duration is not None and args.duration <= 0:
-        raise RigError(f"--duration must be positive, got {args.duration:g}")
-    if args.reserve_mb < 0:
-        raise RigError("--reserve-mb must not be negative")
-    if args.ffc_when_stopped and not args.gps:
-        raise RigError("--ffc-when-stopped needs --gps (the vehicle's speed comes from GPS)")
+    _check_record_args(args)
     rig = load_rig(args.rig)
-    console = Console(stderr=False)
+    if any(c.driver == "sim" for c in rig.cameras) and not all(c.driver == "sim" for c in rig.cameras):
+        raise RigError("a rig cannot mix simulated and real cameras", path=rig.source)
+    board = None
+    if args.calibration:
+        from rig.boards import load_board
+
+        board = load_board(args.board)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path(f"{'calib' if args.calibration else 'drive'}-{stamp}")
+    _check_out(out)
+    console = Console(stderr=False)
     if args.calibration:
-        return _record_calibration(args, rig, out, console)
+        return _record_calibration(args, rig, board, out, console)
     return _record_drive(args, rig, out, console)
 
 
@@ -138,10 +186,8 @@ def _prepare_progress(console, what: str):
 
 
 def _sim_drive_cameras(args, rig, console):
-    from rig.capture.recorder import sim_cameras_for_drive
+    from rig.capture.sim_camera import sim_cameras_for_drive
 
-    if any(c.driver == "sim" for c in rig.cameras) and not all(c.driver == "sim" for c in rig.cameras):
-        raise RigError("a rig cannot mix simulated and real cameras", path=rig.source)
     if not all(c.driver == "sim" for c in rig.cameras):
         return None  # real cameras: the recorder builds them from the rig
     progress = _prepare_progress(console, "rendering the simulated drive")
@@ -161,6 +207,24 @@ def _install_sigterm(stop) -> None:
         pass
 
 
+def camera_lines(result) -> list[str]:
+    """Per camera, two short lines (they fit 80 columns): frames and rate, then what was flagged."""
+    lines = []
+    for name, c in result.cameras.items():
+        lines.append(f"{name}: {c.frames} frames, {c.fps_measured:.2f} fps (target {c.fps_target:g}), "
+                     f"{c.bytes / 1e6:.0f} MB")
+        lines.append(f"  {c.drops} dropped, {c.ffc_frames} in FFC, {c.unpaired} unpaired, "
+                     f"{c.reconnects} reconnects")
+    return lines
+
+
+def pairing_line(pairing: dict, frames: dict[str, int]) -> str:
+    """``pairs: 300 (timestamp, window 16.7 ms); unpaired: visible 0 of 300, lwir 300 of 600``."""
+    unpaired = ", ".join(f"{name} {n} of {frames.get(name, 0)}" for name, n in pairing["unpaired"].items())
+    window = f", window {pairing['window_ns'] / 1e6:.1f} ms" if pairing["mode"] == "timestamp" else ""
+    return f"pairs: {pairing['pairs']} ({pairing['mode']}{window}); unpaired: {unpaired}"
+
+
 def _record_drive(args, rig, out: Path, console) -> int:
     from rig.capture.dashboard import Dashboard
     from rig.capture.recorder import Recorder
@@ -175,12 +239,10 @@ def _record_drive(args, rig, out: Path, console) -> int:
               flush=True)
         with Dashboard(console, live=False if args.plain else None) as dash:
             result = recorder.run(args.duration, on_status=dash.update)
-    for name, c in result.cameras.items():
-        print(f"{name}: {c.frames} frames ({c.fps_measured:.2f} fps, target {c.fps_target:g}), {c.drops} drops, "
-              f"{c.ffc_frames} FFC, {c.unpaired} unpaired, {c.reconnects} reconnects, {c.bytes / 1e6:.0f} MB")
+    for line in camera_lines(result):
+        print(line)
     if result.pairing:
-        p = result.pairing
-        print(f"pairs: {p['pairs']} ({p['mode']}, window {p['window_ns'] / 1e6:.1f} ms), unpaired {p['unpaired']}")
+        print(pairing_line(result.pairing, result.frames))
     if result.gps is not None:
         print(f"GPS: {result.gps['fixes']} fixes, {result.gps['bad']} bad sentences")
     print(f"session {result.path}: {result.status} ({result.stop_reason})", flush=True)
@@ -192,11 +254,21 @@ def _record_drive(args, rig, out: Path, console) -> int:
     return 0
 
 
-def _record_calibration(args, rig, out: Path, console) -> int:
-    from rig.boards import load_board
-    from rig.capture.calib_record import CalibrationRecorder, CoverageGoal, sim_cameras_for_board
+def calibrate_command(session: Path, board: str, rig: str) -> str:
+    """The ``rig calibrate`` command line for a recorded calibration session (runs as printed)."""
+    import shlex
 
-    board = load_board(args.board)
+    argv = ["rig", "calibrate", "--session", str(session), "--board", board]
+    if rig != "sim":
+        argv += ["--rig", rig]
+    return shlex.join(argv)
+
+
+def _record_calibration(args, rig, board, out: Path, console) -> int:
+    from rig.calibration.record import CalibrationRecorder, CoverageGoal
+    from rig.capture.sim_camera import sim_cameras_for_board
+
+    goal = CoverageGoal(min_views=args.min_views, max_views=args.max_views)
     cams = None
     if all(c.driver == "sim" for c in rig.cameras):
         progress = _prepare_progress(console, "rendering the simulated board plan")
@@ -204,22 +276,25 @@ def _record_calibration(args, rig, out: Path, console) -> int:
             task = progress.add_task("render", total=None)
             cams = sim_cameras_for_board(rig, board, seed=args.seed,
                                          progress=lambda d, t: progress.update(task, completed=d, total=t))
-    goal = CoverageGoal(min_views=args.min_views, max_views=args.max_views)
     recorder = CalibrationRecorder(rig, board, out, cams, goal=goal,
                                    min_free_bytes=int(args.reserve_mb * (1 << 20)))
     with recorder:
         _install_sigterm(lambda: recorder.request_stop("terminated"))
         print(f"recording calibration views of {board.type} {board.cols}x{board.rows} to {out}", flush=True)
         result = recorder.run(args.duration, on_status=_calib_printer(console, args.plain))
-    print(f"kept {result.kept} views of {result.analysed} analysed (rejected: {result.rejected}); "
-          f"coverage {', '.join(f'{k} {v:.0%}' for k, v in result.coverage.items())}; "
-          f"{'sufficient' if result.sufficient else 'NOT sufficient'} ({result.stop_reason})")
-    print(f"session {result.path}: calibrate with 'rig calibrate --session {result.path}'", flush=True)
+    rejected = ", ".join(f"{k} {v}" for k, v in result.rejected.items())
+    print(f"kept {result.kept} views of {result.analysed} analysed (rejected: {rejected})")
+    print("coverage: " + ", ".join(f"{k} {v:.0%} of cells, {result.area.get(k, 0):.0%} of area"
+                                   for k, v in result.coverage.items()))
+    print(f"{result.tilted} tilted views; {'sufficient' if result.sufficient else 'NOT sufficient'} "
+          f"({result.stop_reason})")
+    print(f"session {result.path}; calibrate it with:", flush=True)
+    print(f"  {calibrate_command(result.path, args.board, args.rig)}", flush=True)
     return 0 if result.sufficient else 1
 
 
 def _calib_printer(console, plain: bool):
-    from rig.capture.calib_record import status_line
+    from rig.calibration.record import status_line
 
     last = [0.0]
 

@@ -8,48 +8,112 @@
 
 from __future__ import annotations
 
+import collections
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from rig.capture.recorder import RecorderStatus
+
+@dataclass(frozen=True)
+class CameraStatus:
+    """One camera's row of the dashboard."""
+
+    name: str
+    role: str
+    fps_target: float
+    fps_actual: float
+    frames: int
+    drops: int
+    queue_depth: int
+    queue_capacity: int
+    mb_per_s: float
+    state: str  # streaming | reconnecting | stopped
+    ffc: str  # "" (not an LWIR camera), "idle", "in FFC"
+
+
+@dataclass(frozen=True)
+class RecorderStatus:
+    """A snapshot of a recording (:meth:`rig.capture.recorder.Recorder.status`)."""
+
+    path: Path
+    elapsed_s: float
+    duration_s: float | None
+    cameras: list[CameraStatus]
+    disk_free_bytes: int
+    min_free_bytes: int
+    gps: str  # "off", "no fix", "52.12345 N 4.56789 E 12.3 m/s 9 sats", ...
+    gps_bad: int
+    ffc_events: int
+
+
+@dataclass
+class RateWindow:
+    """Frame and byte rates over the last ``span_s`` seconds, from cumulative counts sampled now and then."""
+
+    span_s: float = 2.0
+    samples: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))  # (t, frames, bytes)
+
+    def add(self, t: float, frames: int, nbytes: int) -> None:
+        self.samples.append((t, frames, nbytes))
+
+    def rates(self, now: float, frames: int, nbytes: int) -> tuple[float, float]:
+        """Add a sample and return (frames/s, MB/s) since the oldest sample within ``span_s`` (at least two kept)."""
+        self.samples.append((now, frames, nbytes))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.span_s:
+            self.samples.popleft()
+        t0, f0, b0 = self.samples[0]
+        dt = now - t0
+        if dt <= 0:
+            return 0.0, 0.0
+        return (frames - f0) / dt, (nbytes - b0) / dt / 1e6
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
+def _state(c: CameraStatus) -> str:
+    return c.state + (", in FFC" if c.ffc == "in FFC" else "")
+
+
 def render_status(s: RecorderStatus) -> Group:
-    """The dashboard as a rich renderable."""
-    table = Table("camera", "fps target", "fps actual", "frames", "drops", "queue", "MB/s", "state", "FFC",
-                  title=f"recording {s.path}")
+    """The dashboard as a rich renderable (fits 80 columns)."""
+    table = Table("camera", "fps", "frames", "drops", "queue", "MB/s", "state", title=f"recording {s.path}",
+                  box=box.SIMPLE_HEAD, title_justify="left")
     for c in s.cameras:
         drops = Text(str(c.drops), style="bold red" if c.drops else "")
-        state = Text(c.state, style="green" if c.state == "streaming" else "yellow")
-        table.add_row(c.name, f"{c.fps_target:g}", f"{c.fps_actual:.1f}", str(c.frames), drops,
-                      f"{c.queue_depth}/{c.queue_capacity}", f"{c.mb_per_s:.1f}", state, c.ffc or "-")
+        state = Text(_state(c), style="green" if c.state == "streaming" else "yellow")
+        table.add_row(c.name, f"{c.fps_actual:.1f}/{c.fps_target:g}", str(c.frames), drops,
+                      f"{c.queue_depth}/{c.queue_capacity}", f"{c.mb_per_s:.1f}", state)
+    for col in table.columns:
+        col.overflow = "fold"  # never cut a value short
     total = f" / {s.duration_s:g} s" if s.duration_s else " (Ctrl-C to stop)"
     low = s.disk_free_bytes < 2 * s.min_free_bytes
     footer = Text.assemble(
-        f"elapsed {s.elapsed_s:.1f} s{total}   disk free ",
+        f"elapsed {s.elapsed_s:.1f} s{total}, FFCs {s.ffc_events}, disk free ",
         (_mb(s.disk_free_bytes), "bold red" if low else ""),
-        f" (reserve {_mb(s.min_free_bytes)})   GPS {s.gps}",
+        f" (reserve {_mb(s.min_free_bytes)})\nGPS {s.gps}",
         f" ({s.gps_bad} bad sentences)" if s.gps_bad else "",
-        f"   FFCs {s.ffc_events}",
     )
     return Group(table, footer)
 
 
 def status_line(s: RecorderStatus) -> str:
-    """One plain line (logs, pipes, CI)."""
-    cams = "  ".join(f"{c.name} {c.fps_actual:.1f}/{c.fps_target:g} fps {c.frames} fr {c.drops} drops "
-                     f"q {c.queue_depth} {c.mb_per_s:.1f} MB/s{' ' + c.state if c.state != 'streaming' else ''}"
-                     f"{' FFC' if c.ffc == 'in FFC' else ''}" for c in s.cameras)
-    return (f"[{s.elapsed_s:6.1f} s] {cams}  disk free {_mb(s.disk_free_bytes)}  GPS {s.gps}"
-            f"{f' ({s.gps_bad} bad)' if s.gps_bad else ''}  FFCs {s.ffc_events}")
+    """Plain status (logs, pipes, CI): a line for the recording, then one per camera; each fits 80 columns."""
+    gps = f"GPS {s.gps}" + (f" ({s.gps_bad} bad sentences)" if s.gps_bad else "")
+    head = f"[{s.elapsed_s:6.1f} s] disk free {_mb(s.disk_free_bytes)}, FFCs {s.ffc_events}"
+    lines = [f"{head}, {gps}"] if s.gps == "off" else [head, f"  {gps}"]
+    for c in s.cameras:
+        extra = "" if c.state == "streaming" and c.ffc != "in FFC" else f", {_state(c)}"
+        lines.append(f"  {c.name} {c.fps_actual:.1f}/{c.fps_target:g} fps, {c.frames} frames, {c.drops} drops, "
+                     f"q {c.queue_depth}, {c.mb_per_s:.1f} MB/s{extra}")
+    return "\n".join(lines)
 
 
 class Dashboard:

@@ -8,9 +8,13 @@
   rejects is an error.
 * Every buffer is copied before it is requeued: harvesters hands out views into
   driver memory that the next fetch overwrites.
-* Fetch timeouts are logged and counted; after ``reconnect_after`` timeouts in a
-  row (or a transport error) the device is closed, found again, reconfigured and
-  restarted, and the next frame is flagged :attr:`FrameFlags.RECONNECTED`.
+* Fetch timeouts are logged and counted (``grab()`` returns ``None``); a
+  transport error raises :class:`CameraError`. The driver never reconnects on its
+  own: the recorders do, in one place (:mod:`rig.capture.streams`: a camera that
+  raises, or is silent for ``stall_timeout_s``, is logged as a ``disconnect``
+  event, closed, and reopened with backoff; the first frame after it is flagged
+  :attr:`FrameFlags.RECONNECTED`). One layer, so every reconnect is in the
+  session's event log and no driver retry hides a lost device from the user.
 * Where the device gives no timestamp, ``device_ns`` is None and the frame is
   flagged :attr:`FrameFlags.HOST_TIMESTAMP_ONLY`.
 
@@ -41,16 +45,12 @@ def default_cti() -> Path:
 class GenicamCamera(Camera):
     """A GenICam camera (rig driver ``genicam``). Construction does no I/O."""
 
-    def __init__(self, spec: CameraSpec, *, reconnect_after: int = 3, num_buffers: int | None = None):
+    def __init__(self, spec: CameraSpec, *, num_buffers: int | None = None):
         super().__init__(spec)
         if spec.genicam is None:
             raise CameraError(f"{spec.name}: driver 'genicam' needs a 'genicam' section")
-        if reconnect_after < 1:
-            raise ValueError("reconnect_after must be >= 1")
-        self.reconnect_after = reconnect_after
         self.num_buffers = num_buffers
-        self.timeouts = 0  # fetch timeouts since open()
-        self.reconnects = 0
+        self.timeouts = 0  # fetch timeouts since construction
         self._harvester: Any = None
         self._ia: Any = None
         self._warned: set[str] = set()
@@ -58,7 +58,6 @@ class GenicamCamera(Camera):
         self._timeouts_in_row = 0
         self._last_id: int | None = None
         self._counter = 0
-        self._reconnected = False
 
     @property
     def cti(self) -> Path:
@@ -155,8 +154,6 @@ class GenicamCamera(Camera):
     def _grab(self, timeout_s: float) -> Frame | None:
         from genicam.gentl import GenericException, TimeoutException
 
-        if self._ia is None:  # an earlier reconnect failed
-            raise CameraError(f"{self.name}: device lost and not found again; close and reopen the camera")
         try:
             with self._ia.fetch(timeout=max(timeout_s, 0.001)) as buf:
                 host_ns, wall_ns = now_ns()
@@ -167,12 +164,9 @@ class GenicamCamera(Camera):
             self.timeouts += 1
             self._timeouts_in_row += 1
             log.warning("%s: no frame within %.3f s (%d in a row)", self.name, timeout_s, self._timeouts_in_row)
-            if self._timeouts_in_row >= self.reconnect_after:
-                self._reconnect(f"{self._timeouts_in_row} fetch timeouts in a row")
             return None
         except GenericException as exc:
-            self._reconnect(f"transport error: {exc}")
-            return None
+            raise CameraError(f"{self.name}: transport error: {exc}") from exc
         self._timeouts_in_row = 0
         flags = FrameFlags.NONE
         if device_ns is None:
@@ -181,9 +175,6 @@ class GenicamCamera(Camera):
             frame_id = self._counter
         elif self._last_id is not None and frame_id > self._last_id + 1:
             flags |= FrameFlags.GAP_BEFORE
-        if self._reconnected:
-            flags |= FrameFlags.RECONNECTED
-            self._reconnected = False
         self._last_id = frame_id
         self._counter += 1
         return Frame(self.name, image, frame_id, host_ns, wall_ns, device_ns, flags, pixel_format)
@@ -219,19 +210,6 @@ class GenicamCamera(Camera):
         except Exception:
             freq = 1_000_000_000
         return int(ts) if freq == 1_000_000_000 else int(ts * 1_000_000_000 // freq)
-
-    def _reconnect(self, why: str) -> None:
-        log.warning("%s: reconnecting (%s)", self.name, why)
-        self._close()
-        try:
-            self._open()
-            self._configure()
-            self._start()
-        except CameraError:
-            self._close()
-            raise
-        self.reconnects += 1
-        self._reconnected = True
 
     # -- nodes --------------------------------------------------------------------
     def _has(self, name: str) -> bool:

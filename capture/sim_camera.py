@@ -10,21 +10,28 @@ shows the gap, as with a real camera. Host timestamps are arrival times.
 
 The LWIR camera performs a flat-field correction every ``ffc_interval_s``:
 for ``ffc_duration_s`` its frames freeze and carry :attr:`FrameFlags.FFC`.
+
+:func:`sim_cameras_for_drive` and :func:`sim_cameras_for_board` build the
+simulated rig's cameras looking at a drive or at a board moved through a pose
+plan (the keyframes are rendered there, which takes a while).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import cv2
 import numpy as np
 
+from rig.boards import Board
 from rig.capture.camera import Camera, CameraError, DeviceInfo, Frame, FrameFlags
+from rig.errors import RigError
 from rig.pixfmt import to_pixel_format
 from rig.rigconfig import CameraSpec, RigConfig
+from rig.sim import BoardWorld, DriveWorld, SimWorld
 from rig.sim.render import fpn_seed_for, thermal_counts  # sensor model of the raw frames
-from rig.sim import DriveWorld, SimWorld
 
 NOISE_BANK = 6
 
@@ -163,3 +170,29 @@ def make_sim_cameras(rig: RigConfig, world: SimWorld, **kwargs) -> list[SimCamer
             raise CameraError(f"camera '{spec.name}' uses driver '{spec.driver}', not sim")
         cams.append(SimCamera(spec, world, seed=seed + 101 * i, **kwargs))
     return cams
+
+
+def sim_cameras_for_drive(rig: RigConfig, *, seed: int = 0, variant: str = "day", realtime: bool = True,
+                          world_duration_s: float = 10.0, ffc_interval_s: float | None = None,
+                          progress: Callable[[int, int], None] | None = None, fps_scale: float = 1.0) -> list[Camera]:
+    """Simulated cameras of ``rig`` looking at a prepared :class:`DriveWorld` (keyframes rendered here).
+
+    ``fps_scale`` runs the simulated cameras faster than the rig's nominal fps (benchmarks).
+    ``ffc_interval_s`` sets the simulated LWIR camera's own FFC period.
+    """
+    if variant not in ("day", "night", "fog"):
+        raise RigError(f"--variant must be day, night or fog, got '{variant}'")
+    sim_rig = rig if fps_scale == 1.0 else replace(rig, cameras=tuple(replace(c, fps=c.fps * fps_scale) for c in rig.cameras))
+    world = DriveWorld(sim_rig, seed=seed, variant=variant, duration_s=world_duration_s)
+    world.prepare(list(sim_rig.cameras), progress)
+    kwargs = {} if ffc_interval_s is None else {"ffc_interval_s": ffc_interval_s}
+    return make_sim_cameras(sim_rig, world, realtime=realtime, seed=seed, **kwargs)
+
+
+def sim_cameras_for_board(rig: RigConfig, board: Board, *, seed: int = 0, n_views: int = 30, dwell_s: float = 2.5,
+                          realtime: bool = True, progress: Callable[[int, int], None] | None = None,
+                          poses: list | None = None) -> list[Camera]:
+    """Simulated cameras of ``rig`` looking at a board moved through a pose plan (keyframes rendered here)."""
+    world = BoardWorld(rig, board, poses=poses, n_views=n_views, seed=seed, dwell_s=dwell_s)
+    world.prepare(list(rig.cameras), progress)
+    return make_sim_cameras(rig, world, realtime=realtime, seed=seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from importlib import metadata as importlib_metadata
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from flirpy.camera.boson import Boson
 
 from rig.capture import boson_protocol as bp
 from rig.capture.boson import BosonCamera
-from rig.capture.boson_control import FFC_MODES, BosonControl
+from rig.capture.boson_control import FFC_MODES, FLIRPY_INIT_ATTRIBUTES, FLIRPY_TESTED, BosonControl, flirpy_problems
 from rig.capture.boson_emulator import BosonEmulator, Fault, FaultPlan
 from rig.capture.boson_video import as_y16
 from rig.capture.camera import CameraError, FrameFlags, make_camera
@@ -49,6 +50,41 @@ def _flirpy_command(seq: int, fn: int, data: bytes | None) -> bytes:
     crc = b._crc(header, data)
     out = header + (b._bitstuff(data) if data is not None else b"") + struct.pack(">HB", crc, 0xAE)
     return bytes(out)
+
+
+# -- flirpy's private surface ---------------------------------------------------------
+
+
+def test_installed_flirpy_has_the_private_surface_boson_control_relies_on():
+    problems = flirpy_problems()
+    assert not problems, "BosonControl relies on flirpy internals that changed:\n" + "\n".join(problems)
+
+
+def test_flirpy_changes_are_named_with_the_version_and_the_method():
+    class Changed(Boson):
+        def __init__(self, port=None):
+            self.command_count = 0
+            self.conn = self.cap = self.logger = None
+            self.sequence = 0  # a new attribute _CheckedBoson would not set
+
+        def _send_packet(self, function_id, payload=None, receive_size=0, timeout=1.0):
+            return self.receive()
+
+    Changed.get_ffc_mode = None  # gone
+    problems = flirpy_problems(Changed)
+    version = importlib_metadata.version("flirpy")
+    assert all(p.startswith(f"flirpy {version} (tested: {FLIRPY_TESTED}): ") for p in problems)
+    text = "\n".join(problems)
+    assert "Boson._send_packet(self, function_id, payload=None, receive_size=0, timeout=1.0) changed; BosonControl " \
+           "was written for _send_packet(self, function_id, data=None, receive_size=0)" in text
+    assert "Boson.__init__ sets ['cap', 'command_count', 'conn', 'logger', 'sequence']" in text
+    assert "Boson._send_packet no longer uses command_count, send;" in text
+    assert "Boson.get_ffc_mode is missing (BosonControl needs get_ffc_mode(self))" in text
+    assert len(problems) == 4
+
+
+def test_checked_boson_sets_what_flirpy_init_would(ctl):
+    assert FLIRPY_INIT_ATTRIBUTES <= set(vars(ctl._cam))
 
 
 # -- protocol ------------------------------------------------------------------

@@ -121,18 +121,65 @@ def test_rejected_settings_are_errors():
             pass
 
 
-def test_timeouts_are_counted_and_trigger_a_reconnect(caplog):
-    with make_camera(_spec(fps=2.0), reconnect_after=2) as cam:
+def test_timeouts_are_counted_and_the_driver_never_reconnects_itself(caplog):
+    # One reconnect layer: the recorder's (rig.capture.streams). The driver only reports.
+    with make_camera(_spec(fps=2.0)) as cam:
         cam.start()
         cam.grab(2.0)
+        ia = cam._ia
         with caplog.at_level(logging.WARNING, logger="rig.capture.genicam"):
-            results = [cam.grab(0.05) for _ in range(2)]  # frames come every 0.5 s
-        assert results == [None, None]
-        assert (cam.timeouts, cam.reconnects) == (2, 1)
-        assert any("reconnecting (2 fetch timeouts in a row)" in r.getMessage() for r in caplog.records)
+            results = [cam.grab(0.05) for _ in range(3)]  # frames come every 0.5 s
+        assert results == [None, None, None]
+        assert cam.timeouts == 3 and cam._ia is ia  # counted, same acquirer: no hidden reopen
+        assert "no frame within 0.050 s (3 in a row)" in caplog.records[-1].getMessage()
+        assert not any("reconnect" in r.getMessage() for r in caplog.records)
         f = cam.grab(2.0)
-        assert f is not None and f.flags & FrameFlags.RECONNECTED
-        assert f.shape == (240, 320)
-        g = cam.grab(2.0)
-        assert not g.flags & FrameFlags.RECONNECTED
+        assert f is not None and not f.flags & FrameFlags.RECONNECTED and f.shape == (240, 320)
     assert not cam.is_open
+
+
+def _fail_fetch_once(cam, at_call: int):
+    """Make the camera's current acquirer raise a GenTL transport error on its ``at_call``-th fetch."""
+    from genicam.gentl import GenericException
+
+    real, calls = cam._ia.fetch, [0]
+
+    def fetch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at_call:
+            raise GenericException("link down")
+        return real(*args, **kwargs)
+
+    cam._ia.fetch = fetch
+
+
+def test_transport_error_is_a_camera_error():
+    with make_camera(_spec()) as cam:
+        cam.start()
+        _fail_fetch_once(cam, 1)
+        with pytest.raises(CameraError, match="vis: transport error: .*link down"):
+            cam.grab(1.0)
+
+
+def test_recorder_reopens_a_genicam_camera_after_a_transport_error(tmp_path):
+    from rig.capture.recorder import Recorder
+    from rig.session import SessionReader
+
+    spec = _spec(fps=40.0)
+    rig = parse_rig({"rig": "viky", "cameras": [{"name": "vis", "role": "visible", "driver": "genicam",
+                                                  "resolution": [320, 240], "pixel_format": "Mono8", "fps": 40.0,
+                                                  "genicam": {"serial": "1"}}]})
+    cam = make_camera(spec)
+    with Recorder(rig, tmp_path / "s", [cam], reconnect_backoff_s=0.05, min_free_bytes=0) as rec:
+        _fail_fetch_once(cam, 10)  # the acquirer of the first open only
+        result = rec.run(3.0)
+    c = result.cameras["vis"]
+    assert (c.disconnects, c.reconnects) == (1, 1)
+    with SessionReader(result.path) as r:
+        events = r.events()[0]
+        disc = [e for e in events if e["kind"] == "disconnect"]
+        assert len(disc) == 1 and "transport error" in disc[0]["error"]
+        assert [e["kind"] for e in events].count("reconnect") == 1
+        recs = r.records("vis")
+        reconnected = [i for i, x in enumerate(recs) if x.flags & FrameFlags.RECONNECTED]
+        assert len(reconnected) == 1 and 5 <= reconnected[0] < len(recs) - 1  # frames before and after

@@ -17,7 +17,8 @@ import yaml
 
 from rig.capture.camera import CameraError, FrameFlags
 from rig.capture.gps import checksum
-from rig.capture.recorder import Recorder, RecordingResult, sim_cameras_for_drive
+from rig.capture.recorder import Recorder, RecordingResult
+from rig.capture.sim_camera import sim_cameras_for_drive
 from rig.errors import RigError
 from rig.rigconfig import parse_rig
 from rig.session import SessionReader

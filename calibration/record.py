@@ -1,10 +1,15 @@
-"""Calibration capture: keep only still board views that add coverage, until coverage is sufficient.
+"""Calibration recording (``rig record --calibration``): keep only still board views that add coverage.
 
 ::
 
     with CalibrationRecorder(rig, load_board("ir_board"), "calib01", cameras) as rec:
         result = rec.run(duration_s=120)
-    # then: rig calibrate --session calib01
+    # then: rig calibrate --session calib01 --board ir_board
+
+It lives in the calibration stage, not in capture: it needs the calibration's
+board detector (:func:`rig.calibration.detect.detect`) and its definition of
+coverage (:mod:`rig.calibration.coverage`), and uses capture's cameras as any
+later stage may (data flows capture -> session -> calibration).
 
 Every camera streams into a small ring of recent frames (one grab thread per
 camera, so the cameras are drained at their own rate). About every
@@ -27,15 +32,17 @@ looked for in each. A view is **kept** only when
   distance or tilt. A board held still at one pose is kept once.
 
 Only kept views are written: the frames of each camera, raw, plus a ``view``
-event (frame seqs, corner count, coverage after it). Coverage is *sufficient*
-when every required camera has corners in ``min_cells`` of the ``grid x grid`` cells (default all), the union
-of board outlines covers ``min_area`` of each image, at least ``min_tilted``
-views show clear perspective (tilt), and ``min_views`` views are kept.
+event (frame seqs, corner count, estimated tilt, coverage after it). Coverage is
+*sufficient* (:class:`~rig.calibration.coverage.CoverageGoal`) when every required
+camera has corners in ``min_cells`` of the 3x3 cells (default all), the union of
+board outlines covers ``min_area`` of each image, at least ``min_tilted`` views
+are tilted by :data:`~rig.calibration.coverage.MIN_TILT_DEG` or more, and
+``min_views`` views are kept: the same cells, area, tilt and thresholds that
+``rig calibrate`` checks afterwards.
 
-Board detection uses :func:`rig.calibration.detect.detect` when the calibration
-package is importable (same detector as ``rig calibrate``), else OpenCV directly
-(``findChessboardCornersSB``; LWIR through :func:`rig.pixfmt.normalize_16bit`,
-both polarities). Capture never needs calibration to import.
+A camera whose ``grab()`` raises is reopened with backoff by
+:func:`rig.capture.streams.reopen_camera` (the capture stage's one reconnect
+layer), with ``disconnect`` / ``reconnect`` events.
 """
 
 from __future__ import annotations
@@ -51,24 +58,17 @@ import cv2
 import numpy as np
 
 from rig.boards import Board
-from rig.capture.camera import Camera, CameraError, Frame, make_camera, open_cameras
+from rig.calibration.coverage import CoverageGoal, CoverageTracker, coverage_sufficient
+from rig.calibration.detect import detect
+from rig.capture.camera import Camera, Frame, make_camera, open_cameras
+from rig.capture.streams import reopen_camera
 from rig.errors import RigError
-from rig.pixfmt import normalize_16bit, pixel_format, to_gray8
+from rig.pixfmt import pixel_format, to_gray8
 from rig.rigconfig import RigConfig
 from rig.session import DiskFullError, SessionWriter
 
-
-@dataclass(frozen=True)
-class CoverageGoal:
-    """When calibration coverage is sufficient (and the hard stop at ``max_views``)."""
-
-    min_views: int = 15
-    max_views: int = 40
-    grid: int = 3
-    min_cells: float = 1.0  # share of grid cells every required camera must reach
-    min_area: float = 0.5
-    min_tilted: int = 3
-    tilt_ratio: float = 1.08  # opposite board edges differ by this factor: the board is visibly tilted
+__all__ = ["CalibrationRecorder", "CalibrationResult", "CalibrationStatus", "CoverageGoal", "detect_board",
+           "status_line"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class CalibrationStatus:
     rejected: dict[str, int]
     coverage: dict[str, float]  # camera -> share of grid cells reached
     area: dict[str, float]
-    tilted: int
+    tilted: int  # views tilted by goal.min_tilt_deg or more (the fewest of the required cameras)
     sufficient: bool
     last: str  # what happened to the last analysed view
     changed: bool  # a view was kept since the previous status
@@ -98,72 +98,21 @@ class CalibrationResult:
     stop_reason: str  # coverage | max-views | duration | interrupted | disk-full | stopped
     duration_s: float
     views: list[dict] = field(default_factory=list)  # per kept view: {cam: seq}
+    tilts_deg: dict[str, list[float]] = field(default_factory=dict)  # per camera, per kept view (final estimate)
 
 
-def _detector():
-    """The calibration package's detector if it is importable, else ``None`` (OpenCV fallback)."""
-    try:
-        from rig.calibration.detect import detect
-    except Exception:  # noqa: BLE001 - optional, one-way dependency
+def detect_board(image: np.ndarray, fmt: str, board: Board, lwir: bool,
+                 detector: Callable | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Board ``(image points (N, 2), object points (N, 3))`` in a raw frame, or None.
+
+    ``detector``: :func:`rig.calibration.detect.detect` (the default) or one with its signature.
+    """
+    detector = detector or detect
+    img = image if pixel_format(fmt).dtype != np.uint8 else to_gray8(image, fmt)
+    out = detector(img, board, thermal=lwir)
+    if out.detection is None:
         return None
-    return detect
-
-
-def detect_board(image: np.ndarray, fmt: str, board: Board, lwir: bool, detector=None) -> np.ndarray | None:
-    """Board points ``(N, 2)`` in a raw frame, or None."""
-    if detector is not None:
-        img = image if pixel_format(fmt).dtype != np.uint8 else to_gray8(image, fmt)
-        out = detector(img, board, thermal=lwir)
-        return None if out.detection is None else np.asarray(out.detection.image_points, np.float64)
-    if board.type != "chessboard":
-        raise RigError(f"board type '{board.type}' needs the calibration package's detector (rig.calibration)")
-    gray = normalize_16bit(image) if pixel_format(fmt).dtype != np.uint8 else to_gray8(image, fmt)
-    for g in ((gray, 255 - gray) if lwir else (gray,)):
-        ok, pts = cv2.findChessboardCornersSB(g, board.pattern_size, flags=cv2.CALIB_CB_NORMALIZE_IMAGE)
-        if ok:
-            return pts.reshape(-1, 2).astype(np.float64)
-    return None
-
-
-class _CameraCoverage:
-    """What the kept views of one camera reached."""
-
-    def __init__(self, size: tuple[int, int], grid: int):
-        self.w, self.h = size
-        self.grid = grid
-        self.cells = np.zeros((grid, grid), bool)
-        scale = 96.0 / self.w
-        self._mask = np.zeros((max(1, int(self.h * scale)), 96), np.uint8)
-        self._scale = scale
-        self.layouts: list[np.ndarray] = []
-
-    def cells_of(self, pts: np.ndarray) -> np.ndarray:
-        c = np.zeros_like(self.cells)
-        ix = np.clip((pts[:, 0] / self.w * self.grid).astype(int), 0, self.grid - 1)
-        iy = np.clip((pts[:, 1] / self.h * self.grid).astype(int), 0, self.grid - 1)
-        c[iy, ix] = True
-        return c
-
-    def novelty(self, pts: np.ndarray) -> float:
-        """Smallest mean normalised corner distance to a kept view (either corner order)."""
-        if not self.layouts:
-            return np.inf
-        n = pts / [self.w, self.h]
-        return min(min(np.abs(n - k).sum(1).mean(), np.abs(n[::-1] - k).sum(1).mean()) for k in self.layouts)
-
-    def add(self, pts: np.ndarray) -> None:
-        self.cells |= self.cells_of(pts)
-        self.layouts.append(pts / [self.w, self.h])
-        hull = cv2.convexHull((pts * self._scale).astype(np.int32))
-        cv2.fillConvexPoly(self._mask, hull, 1)
-
-    @property
-    def cell_share(self) -> float:
-        return float(self.cells.mean())
-
-    @property
-    def area(self) -> float:
-        return float(self._mask.mean())
+    return np.asarray(out.detection.image_points, np.float64), np.asarray(out.detection.object_points(board), np.float64)
 
 
 def _thumb(frame: Frame, width: int = 96) -> np.ndarray:
@@ -172,25 +121,14 @@ def _thumb(frame: Frame, width: int = 96) -> np.ndarray:
     return cv2.resize(g, (width, h), interpolation=cv2.INTER_AREA)
 
 
-def tilt_ratio(pts: np.ndarray, board: Board) -> float:
-    """Perspective of the board's outer corners: the larger ratio of opposite edge lengths (1 = fronto-parallel)."""
-    cols, rows = board.pattern_size
-    if len(pts) != cols * rows:
-        return 1.0
-    g = pts.reshape(rows, cols, 2)
-    top, bottom = np.linalg.norm(g[0, -1] - g[0, 0]), np.linalg.norm(g[-1, -1] - g[-1, 0])
-    left, right = np.linalg.norm(g[-1, 0] - g[0, 0]), np.linalg.norm(g[-1, -1] - g[0, -1])
-    r = [max(a, b) / max(min(a, b), 1e-9) for a, b in ((top, bottom), (left, right))]
-    return float(max(r))
-
-
 class CalibrationRecorder:
     """Records calibration views of ``board`` with the cameras of ``rig`` (construction does no I/O)."""
 
     def __init__(self, rig: RigConfig, board: Board, out_dir: str | Path, cameras: Sequence[Camera] | None = None, *,
                  goal: CoverageGoal = CoverageGoal(), require: Sequence[str] | None = None, still_frames: int = 1,
                  still_px: float = 1.5, still_window_s: float = 0.3, still_level: float = 8.0, novelty: float = 0.06, analyse_every_s: float = 0.2,
-                 min_free_bytes: int = 1 << 30, overwrite: bool = False, detector: Callable | None | str = "auto"):
+                 min_free_bytes: int = 1 << 30, overwrite: bool = False, detector: Callable | None = None,
+                 reconnect_backoff_s: float = 0.25, reconnect_backoff_max_s: float = 5.0):
         if goal.min_views < 1 or goal.max_views < goal.min_views:
             raise RigError(f"need 1 <= --min-views <= --max-views (got {goal.min_views}, {goal.max_views})")
         if still_frames < 1:
@@ -203,7 +141,8 @@ class CalibrationRecorder:
         self.analyse_every_s = analyse_every_s
         self.still_window_s, self.still_level = still_window_s, still_level
         self.min_free_bytes, self.overwrite = min_free_bytes, overwrite
-        self._detector = _detector() if detector == "auto" else detector
+        self._detector = detector
+        self.reconnect_backoff_s, self.reconnect_backoff_max_s = reconnect_backoff_s, reconnect_backoff_max_s
         self._cams: list[Camera] = []
         self._writer: SessionWriter | None = None
         self._rings: dict[str, collections.deque] = {}
@@ -211,11 +150,10 @@ class CalibrationRecorder:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._history: dict[str, collections.deque] = {}
-        self._cov: dict[str, _CameraCoverage] = {}
+        self._cov: dict[str, CoverageTracker] = {}
         self._rejected = {"not-detected": 0, "moving": 0, "not-new": 0}
         self._views: list[dict] = []
         self._analysed = 0
-        self._tilted = 0
         self._last = ""
         self._changed = False
         self._t_start = 0.0
@@ -241,12 +179,12 @@ class CalibrationRecorder:
         for cam in cams:
             self._rings[cam.name] = collections.deque(maxlen=int(cam.spec.fps * (self.still_window_s + 0.5)) + 4)
             self._history[cam.name] = collections.deque(maxlen=self.still_frames)
-            self._cov[cam.name] = _CameraCoverage((cam.spec.width, cam.spec.height), self.goal.grid)
+            self._cov[cam.name] = CoverageTracker((cam.spec.width, cam.spec.height))
         self._writer.log_event("calibration_start", board={"type": self.board.type, "cols": self.board.cols,
                                                            "rows": self.board.rows},
                                require=self.require, goal=self.goal.__dict__, still_frames=self.still_frames,
                                still_px=self.still_px, novelty=self.novelty_min,
-                               detector="rig.calibration.detect" if self._detector else "opencv")
+                               detector="rig.calibration.detect" if self._detector is None else "custom")
 
     def close(self, status: str = "complete") -> CalibrationResult | None:
         self._stop.set()
@@ -259,13 +197,15 @@ class CalibrationRecorder:
             duration = time.monotonic() - self._t_start if self._t_start else 0.0
             reason = self._stop_reason or "stopped"
             res = CalibrationResult(self.path, len(self._views), self._analysed, dict(self._rejected),
-                                    self._coverage(), self._areas(), self._tilted, self._sufficient(), reason,
-                                    duration, list(self._views))
+                                    self._coverage(), self._areas(), self._tilted(), self._sufficient(), reason,
+                                    duration, list(self._views),
+                                    {n: [round(t, 2) for t in self._cov[n].tilts_deg()] for n in self.require})
             self._writer.log_event("calibration_stop", reason=reason, kept=res.kept, analysed=res.analysed,
                                    rejected=res.rejected, coverage=res.coverage, area=res.area,
                                    sufficient=res.sufficient)
             self._writer.close(status, calibration_views=res.kept, analysed=res.analysed, rejected=res.rejected,
-                               coverage=res.coverage, area=res.area, tilted=res.tilted, sufficient=res.sufficient,
+                               coverage=res.coverage, area=res.area, tilted=res.tilted, tilts_deg=res.tilts_deg,
+                               sufficient=res.sufficient,
                                stop_reason=reason)
             self._result = res
         finally:
@@ -324,14 +264,35 @@ class CalibrationRecorder:
 
     def _grab_loop(self, cam: Camera) -> None:
         ring = self._rings[cam.name]
+        backoff = self.reconnect_backoff_s
+        lost = False
         while not self._stop.is_set():
+            if lost:
+                error = reopen_camera(cam)
+                if error is None:
+                    lost, backoff = False, self.reconnect_backoff_s
+                    self._log("reconnect", camera=cam.name)
+                else:
+                    self._stop.wait(backoff)
+                    backoff = min(2 * backoff, self.reconnect_backoff_max_s)
+                continue
             try:
                 f = cam.grab(timeout_s=0.2)
-            except CameraError:
-                self._stop.wait(0.2)
+            except Exception as exc:  # noqa: BLE001 - any driver failure: reopen with backoff
+                lost = True
+                ring.clear()  # frames from before the loss are no reference for stillness
+                self._log("disconnect", camera=cam.name, error=str(exc) or type(exc).__name__)
                 continue
             if f is not None:
                 ring.append(f)
+
+    def _log(self, kind: str, **data) -> None:
+        w = self._writer
+        if w is not None:
+            try:
+                w.log_event(kind, **data)
+            except (OSError, ValueError):  # a closed or failing event log never stops the recording
+                pass
 
     # -- analysis -----------------------------------------------------------------
     def _select(self) -> dict[str, Frame] | None:
@@ -367,17 +328,18 @@ class CalibrationRecorder:
                     h.clear()
                 return
         pts: dict[str, np.ndarray] = {}
+        objs: dict[str, np.ndarray] = {}
         for cam in self._cams:
             if cam.name not in self.require:
                 continue
             f = frames[cam.name]
-            p = detect_board(f.image, f.pixel_format, self.board, cam.role == "lwir", self._detector)
-            if p is None:
+            found = detect_board(f.image, f.pixel_format, self.board, cam.role == "lwir", self._detector)
+            if found is None:
                 self._reject("not-detected", f"board not found in {cam.name}")
                 for h in self._history.values():
                     h.clear()
                 return
-            pts[cam.name] = p
+            pts[cam.name], objs[cam.name] = found
         moving = False
         for name, p in pts.items():
             h = self._history[name]
@@ -388,12 +350,12 @@ class CalibrationRecorder:
         if moving:
             self._reject("moving", "board moving (waiting for still detections)")
             return
-        new_cells = any((self._cov[n].cells_of(p) & ~self._cov[n].cells).any() for n, p in pts.items())
+        new_cells = any(self._cov[n].new_cells(p) for n, p in pts.items())
         novelty = max(self._cov[n].novelty(p) for n, p in pts.items())
         if not new_cells and novelty <= self.novelty_min:
             self._reject("not-new", "still, but not a new view")
             return
-        self._keep(frames, pts, new_cells, novelty)
+        self._keep(frames, pts, objs, new_cells, novelty)
 
     def _image_still(self, cam: Camera, frame: Frame) -> bool:
         """Whether ``frame`` matches the camera's frame from ``still_window_s`` earlier."""
@@ -407,7 +369,8 @@ class CalibrationRecorder:
         self._rejected[reason] += 1
         self._last = text
 
-    def _keep(self, frames: dict[str, Frame], pts: dict[str, np.ndarray], new_cells: bool, novelty: float) -> None:
+    def _keep(self, frames: dict[str, Frame], pts: dict[str, np.ndarray], objs: dict[str, np.ndarray], new_cells: bool,
+              novelty: float) -> None:
         seqs = {}
         try:
             for name, f in frames.items():
@@ -417,15 +380,13 @@ class CalibrationRecorder:
             self.request_stop("disk-full")
             return
         for name, p in pts.items():
-            self._cov[name].add(p)
-        ref = next(iter(pts.values()))
-        tilt = tilt_ratio(ref, self.board)
-        self._tilted += tilt >= self.goal.tilt_ratio
+            self._cov[name].add(p, objs[name])
+        tilts = {name: round(self._cov[name].tilts_deg()[-1], 1) for name in pts}
         self._views.append(seqs)
         self._changed = True
         self._last = f"kept view {len(self._views)} ({'new cells' if new_cells else f'new pose {novelty:.2f}'})"
         self._writer.log_event("view", index=len(self._views) - 1, frames=seqs,
-                               corners={n: len(p) for n, p in pts.items()}, tilt_ratio=round(tilt, 3),
+                               corners={n: len(p) for n, p in pts.items()}, tilt_deg=tilts,
                                novelty=None if not np.isfinite(novelty) else round(float(novelty), 4),
                                coverage=self._coverage(), area=self._areas())
         for h in self._history.values():
@@ -441,31 +402,24 @@ class CalibrationRecorder:
     def _areas(self) -> dict[str, float]:
         return {n: round(self._cov[n].area, 3) for n in self.require if n in self._cov}
 
+    def _tilted(self) -> int:
+        return min((self._cov[n].tilted(self.goal.min_tilt_deg) for n in self.require if n in self._cov), default=0)
+
     def _sufficient(self) -> bool:
-        g = self.goal
-        return (len(self._views) >= g.min_views and self._tilted >= g.min_tilted
-                and all(self._cov[n].cell_share >= g.min_cells and self._cov[n].area >= g.min_area for n in self.require))
+        return coverage_sufficient(self.goal, {n: self._cov[n] for n in self.require if n in self._cov},
+                                   len(self._views))
 
     def status(self) -> CalibrationStatus:
         return CalibrationStatus(time.monotonic() - self._t_start, self._analysed, len(self._views),
-                                 dict(self._rejected), self._coverage(), self._areas(), self._tilted,
+                                 dict(self._rejected), self._coverage(), self._areas(), self._tilted(),
                                  self._sufficient(), self._last, self._changed)
 
 
 def status_line(s: CalibrationStatus) -> str:
-    cov = "  ".join(f"{n} cells {c:.0%} area {s.area.get(n, 0):.0%}" for n, c in s.coverage.items())
-    return (f"[{s.elapsed_s:6.1f} s] views kept {s.kept} / analysed {s.analysed} "
-            f"(no board {s.rejected['not-detected']}, moving {s.rejected['moving']}, not new {s.rejected['not-new']})"
-            f"  {cov}  tilted {s.tilted}  {'SUFFICIENT' if s.sufficient else ''}  {s.last}")
-
-
-def sim_cameras_for_board(rig: RigConfig, board: Board, *, seed: int = 0, n_views: int = 30, dwell_s: float = 2.5,
-                          realtime: bool = True, progress: Callable[[int, int], None] | None = None,
-                          poses: list | None = None) -> list[Camera]:
-    """Simulated cameras of ``rig`` looking at a board moved through a pose plan (keyframes rendered here)."""
-    from rig.capture.sim_camera import make_sim_cameras
-    from rig.sim import BoardWorld
-
-    world = BoardWorld(rig, board, poses=poses, n_views=n_views, seed=seed, dwell_s=dwell_s)
-    world.prepare(list(rig.cameras), progress)
-    return make_sim_cameras(rig, world, realtime=realtime, seed=seed)
+    """Plain status: three short lines (each fits 80 columns with the usual two cameras)."""
+    r = s.rejected
+    cov = "; ".join(f"{n}: cells {c:.0%}, area {s.area.get(n, 0):.0%}" for n, c in s.coverage.items())
+    return (f"[{s.elapsed_s:6.1f} s] kept {s.kept} of {s.analysed} analysed (no board {r['not-detected']}, "
+            f"moving {r['moving']}, not new {r['not-new']})\n"
+            f"  {cov}; tilted {s.tilted}{'; SUFFICIENT' if s.sufficient else ''}\n"
+            f"  last: {s.last or '-'}")
