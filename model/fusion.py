@@ -5,6 +5,10 @@ DRDB -> HIA``, where the two HIA blocks receive segmentation features from two
 encoder stages (strides 4 and 8) projected to the fusion width and
 interpolated to the fusion resolution. The two streams are concatenated and a
 small convolutional head reconstructs the fused luminance in [0, 1].
+
+:class:`ReferenceFusionNetwork` (``FusionConfig(variant="reference")``) is the
+same pipeline laid out as the SegMiF reference code's ``Fusion_Network3_ac``, so
+that its published weights run unchanged (see :mod:`rig.model.reference`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ class FusionConfig:
             so an untrained network starts at the averaging baseline and training
             only has to learn what to add (much faster to train, especially on CPU).
             ``False``: the network outputs the luminance directly, as in the paper.
+        variant: ``"rig"`` (:class:`FusionNetwork`) or ``"reference"``
+            (:class:`ReferenceFusionNetwork`, the layout of the SegMiF code's
+            published weights; needs ``residual=False``).
     """
 
     width: int = 32
@@ -43,10 +50,18 @@ class FusionConfig:
     soam: bool = True
     moam: bool = True
     residual: bool = True
+    variant: str = "rig"
 
     def __post_init__(self) -> None:
         if self.width % self.num_heads:
             raise ValueError(f"fusion width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.variant not in FUSION_VARIANTS:
+            raise ValueError(f"fusion variant must be one of {', '.join(FUSION_VARIANTS)}, got {self.variant!r}")
+        if self.variant == "reference" and self.residual:
+            raise ValueError("the reference fusion variant outputs the luminance directly; set residual=False")
+
+
+FUSION_VARIANTS = ("rig", "reference")
 
 
 def _stem(width: int) -> nn.Sequential:
@@ -97,3 +112,66 @@ class FusionNetwork(nn.Module):
         if self.config.residual:
             out = out + torch.logit(0.5 * (lwir + y_vis), eps=1e-3)
         return torch.sigmoid(out)
+
+
+class ReferenceFusionNetwork(nn.Module):
+    """The SegMiF reference code's fusion network (``Fusion_Network3_ac``), in our module names.
+
+    Differences from :class:`FusionNetwork`, all reproduced from that code:
+
+    * one scalar PReLU (:attr:`act`) is shared by both stems and all three reconstruction layers;
+    * HIA uses the reference attention (``attention="reference"`` in :mod:`rig.model.hia`);
+    * the reconstruction is ``2c -> c -> c/2 -> 1`` (3x3 convolutions, each followed by
+      the shared PReLU); its output is not bounded (the caller clamps to [0, 1]);
+    * there is no residual to the average.
+
+    The reference code also has one HIA (``ffm``) that it applies at both depths
+    (``ffm2`` is built but never used); here :attr:`hia1` and :attr:`hia2` are separate
+    modules, loaded with the same weights by the importer, so fine-tuning may split them.
+    """
+
+    def __init__(self, config: FusionConfig, seg_dims: tuple[int, int]):
+        super().__init__()
+        if config.width % 2:
+            raise ValueError(f"reference fusion width must be even, got {config.width}")
+        c = config.width
+        self.config = config
+        self.act = nn.PReLU()  # one parameter, shared
+        self.stem_ir = nn.Conv2d(1, c, 3, padding=1)
+        self.stem_vis = nn.Conv2d(1, c, 3, padding=1)
+        self.drdb_ir1 = DRDB(c, config.growth, config.dense_layers)
+        self.drdb_vis1 = DRDB(c, config.growth, config.dense_layers)
+        self.drdb_ir2 = DRDB(c, config.growth, config.dense_layers)
+        self.drdb_vis2 = DRDB(c, config.growth, config.dense_layers)
+        self.seg_proj1 = nn.Conv2d(seg_dims[0], c, 1)
+        self.seg_proj2 = nn.Conv2d(seg_dims[1], c, 1)
+        self.hia1 = HierarchicalInteractiveAttention(c, config.num_heads, config.soam, config.moam, "reference")
+        self.hia2 = HierarchicalInteractiveAttention(c, config.num_heads, config.soam, config.moam, "reference")
+        self.reconstruct = nn.ModuleList((
+            nn.Conv2d(2 * c, c, 3, padding=1), nn.Conv2d(c, c // 2, 3, padding=1), nn.Conv2d(c // 2, 1, 3, padding=1)
+        ))
+
+    def forward(self, lwir: torch.Tensor, y_vis: torch.Tensor, seg1: torch.Tensor, seg2: torch.Tensor) -> torch.Tensor:
+        """``(lwir, y_vis (B,1,H,W), seg1, seg2 (stride 4 and 8, any resolution)) -> (B, 1, H, W)``, unbounded.
+
+        The segmentation features are projected, then resized to ``(H, W)`` (the
+        reference resizes first; bilinear resizing and 1x1 convolutions commute).
+        """
+        size = lwir.shape[-2:]
+        s1 = F.interpolate(self.seg_proj1(seg1), size=size, mode="bilinear", align_corners=False)
+        s2 = F.interpolate(self.seg_proj2(seg2), size=size, mode="bilinear", align_corners=False)
+        f_ir = self.drdb_ir1(self.act(self.stem_ir(lwir)))
+        f_vis = self.drdb_vis1(self.act(self.stem_vis(y_vis)))
+        f_ir, f_vis = self.hia1(f_ir, f_vis, s1)
+        f_ir, f_vis = self.drdb_ir2(f_ir), self.drdb_vis2(f_vis)
+        f_ir, f_vis = self.hia2(f_ir, f_vis, s2)
+        out = torch.cat((f_ir, f_vis), dim=1)
+        for conv in self.reconstruct:
+            out = self.act(conv(out))
+        return out
+
+
+def build_fusion_network(config: FusionConfig, seg_dims: tuple[int, int]) -> nn.Module:
+    """The fusion sub-network that ``config.variant`` names."""
+    cls = ReferenceFusionNetwork if config.variant == "reference" else FusionNetwork
+    return cls(config, seg_dims)

@@ -23,6 +23,16 @@ queries over each head's channels, so ``G`` is a weighted *mean* rather than a
 sum over pixels and the output scale does not depend on the image size (the
 reference code softmaxes an unnormalised sum, which saturates at large ``N``).
 
+``attention="reference"`` is instead what the SegMiF reference code computes
+(its ``CrossPath`` / ``CrossAttention`` / ``CrossAttention2``), needed to run its
+published weights: queries are the branch tokens themselves (no projection),
+keys and values come from bias-free projections, each head's context is
+``softmax_i(d^-1/2 Σ_n K[n, i] V[n, j])`` (an unnormalised sum over pixels, soft-maxed
+over the key channel ``i``), outputs are ``Q G`` without a query softmax, and
+``[S_x, M_x]`` is folded back by a single linear layer before the LayerNorm.
+The sum over pixels grows with the image, so at 600x800 these contexts are
+nearly one-hot; that is how the published weights were trained, so it is kept.
+
 Tokens are token-major ``(B, N, C)``; with the fusion network's channels-last
 feature maps this is a view, not a copy. Heads are handled with
 block-diagonal ``C x C`` contexts so that every step is one batched matrix
@@ -63,6 +73,18 @@ def attend(queries: torch.Tensor, context: torch.Tensor, num_heads: int) -> torc
     e = torch.exp(queries - queries.amax(dim=-1, keepdim=True))
     q = e / (e @ head_mask(c, num_heads, queries.device).to(e.dtype))
     return q @ context
+
+
+def channel_softmax_context(keys: torch.Tensor, values: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The reference code's per-head context ``softmax_i(d^-1/2 KᵀV)``: ``(B, N, C) x2 -> (B, C, C)`` block-diagonal.
+
+    Block ``h``: ``G[b, i, j] = softmax over i of (sum_n K[b, n, i] V[b, n, j]) / sqrt(d)``, ``i, j`` in
+    head ``h`` (``d = C / num_heads``); entries across heads are 0.
+    """
+    c = keys.shape[-1]
+    logits = (keys.transpose(1, 2) @ values) * (c // num_heads) ** -0.5
+    same_head = head_mask(c, num_heads, keys.device).bool()
+    return logits.masked_fill(~same_head, float("-inf")).softmax(dim=-2)
 
 
 class ChannelEmbedding(nn.Module):
@@ -112,6 +134,47 @@ class ModalityOrientedAttention(nn.Module):
         return attend(self.q_ir(t_ir), g_s, h), attend(self.q_vis(t_vis), g_s, h)
 
 
+class ReferenceSemanticAttention(nn.Module):
+    """SoAM as the reference code computes it: ``S_x = T_s G_x`` with ``G_x`` from bias-free ``K_x``, ``V_x``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.kv_ir = nn.Linear(dim, 2 * dim, bias=False)
+        self.kv_vis = nn.Linear(dim, 2 * dim, bias=False)
+
+    def forward(self, t_ir: torch.Tensor, t_vis: torch.Tensor, t_seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.num_heads
+        g_ir = channel_softmax_context(*self.kv_ir(t_ir).chunk(2, dim=-1), h)
+        g_vis = channel_softmax_context(*self.kv_vis(t_vis).chunk(2, dim=-1), h)
+        return (t_seg @ torch.cat((g_ir, g_vis), dim=-1)).chunk(2, dim=-1)
+
+
+class ReferenceModalityAttention(nn.Module):
+    """MoAM as the reference code computes it: ``M_x = T_x G_s`` with ``G_s`` from bias-free ``K_s``, ``V_s``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.kv_seg = nn.Linear(dim, 2 * dim, bias=False)
+
+    def forward(self, t_ir: torch.Tensor, t_vis: torch.Tensor, t_seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g_s = channel_softmax_context(*self.kv_seg(t_seg).chunk(2, dim=-1), self.num_heads)
+        return t_ir @ g_s, t_vis @ g_s
+
+
+class ResidualLinear(nn.Module):
+    """``LayerNorm(x + Linear(y))``: the reference code's fold-back (its ``end_proj`` + ``norm``)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.proj(y))
+
+
 class ResidualMLP(nn.Module):
     """``LayerNorm(x + MLP(y))``: fold the attention output ``y`` back into feature ``x``."""
 
@@ -124,6 +187,9 @@ class ResidualMLP(nn.Module):
         return self.norm(x + self.mlp(y))
 
 
+HIA_ATTENTIONS = ("efficient", "reference")
+
+
 class HierarchicalInteractiveAttention(nn.Module):
     """HIA on ``(B, C, H, W)`` maps: ``(F_ir, F_vis, F_seg) -> (F_ir', F_vis')``.
 
@@ -132,22 +198,31 @@ class HierarchicalInteractiveAttention(nn.Module):
         num_heads: attention heads (``dim`` must be divisible by it).
         soam, moam: switch either branch off (the paper's Table 3 ablations);
             at least one must be on.
+        attention: ``"efficient"`` (ours, see the module doc) or ``"reference"``
+            (the SegMiF reference code's computation, for its published weights).
     """
 
-    def __init__(self, dim: int, num_heads: int, soam: bool = True, moam: bool = True):
+    def __init__(self, dim: int, num_heads: int, soam: bool = True, moam: bool = True,
+                 attention: str = "efficient"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"HIA dim {dim} is not divisible by num_heads {num_heads}")
         if not (soam or moam):
             raise ValueError("HIA needs at least one of SoAM and MoAM")
+        if attention not in HIA_ATTENTIONS:
+            raise ValueError(f"HIA attention must be one of {', '.join(HIA_ATTENTIONS)}, got {attention!r}")
+        reference = attention == "reference"
         self.embed_ir = ChannelEmbedding(dim, dim)
         self.embed_vis = ChannelEmbedding(dim, dim)
         self.embed_seg = ChannelEmbedding(dim, dim)
-        self.soam = SemanticOrientedAttention(dim, num_heads) if soam else None
-        self.moam = ModalityOrientedAttention(dim, num_heads) if moam else None
+        soam_cls = ReferenceSemanticAttention if reference else SemanticOrientedAttention
+        moam_cls = ReferenceModalityAttention if reference else ModalityOrientedAttention
+        self.soam = soam_cls(dim, num_heads) if soam else None
+        self.moam = moam_cls(dim, num_heads) if moam else None
         branches = int(soam) + int(moam)
-        self.mlp_ir = ResidualMLP(branches * dim, dim)
-        self.mlp_vis = ResidualMLP(branches * dim, dim)
+        fold = ResidualLinear if reference else ResidualMLP
+        self.mlp_ir = fold(branches * dim, dim)
+        self.mlp_vis = fold(branches * dim, dim)
 
     def forward(self, f_ir: torch.Tensor, f_vis: torch.Tensor, f_seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = f_ir.shape

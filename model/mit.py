@@ -8,11 +8,16 @@ Stage outputs have strides 4, 8, 16 and 32.
 
 Sizes ``b0`` ... ``b5`` follow the paper; :data:`MIT_CONFIGS` also holds two
 small sizes used for the CPU-practical bundled model and for tests.
+
+Parameter names differ from NVlabs' ``MixVisionTransformer`` (``stages.{i}.blocks.{j}``
+here, ``block{i+1}.{j}`` there); :func:`segformer_key` gives theirs for ours, which is
+how published SegFormer / SegMiF weights are imported (:mod:`rig.model.reference`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +26,18 @@ from torch import nn
 
 @dataclass(frozen=True)
 class MiTConfig:
-    """Size of a Mix Transformer encoder (one entry per stage)."""
+    """Size of a Mix Transformer encoder (one entry per stage).
+
+    Attributes:
+        norm_eps: epsilon of the transformer blocks' and the stage-final LayerNorms
+            (SegFormer uses 1e-6; its patch-embedding and key/value-reduction norms
+            keep PyTorch's default 1e-5, and so do ours).
+        pad_reduction: pad a stage's token grid (replicate) up to a multiple of
+            ``sr_ratio`` before the key/value reduction, so no border row or column
+            is dropped and tiny inputs still give keys. ``False`` is SegFormer's
+            strided convolution as is (it drops the remainder), needed to reproduce
+            published weights exactly at sizes that are not multiples of 32.
+    """
 
     embed_dims: tuple[int, int, int, int] = (32, 64, 160, 256)
     num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
@@ -30,6 +46,8 @@ class MiTConfig:
     sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
     in_channels: int = 3
     drop_path_rate: float = 0.1
+    norm_eps: float = 1e-5
+    pad_reduction: bool = True
 
     def __post_init__(self) -> None:
         for dim, heads in zip(self.embed_dims, self.num_heads):
@@ -41,13 +59,42 @@ _B1_5_DIMS = (64, 128, 320, 512)
 MIT_CONFIGS: dict[str, MiTConfig] = {
     "tiny": MiTConfig(embed_dims=(8, 16, 24, 32), num_heads=(1, 1, 1, 2), depths=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2)),
     "cpu": MiTConfig(embed_dims=(16, 32, 64, 128), num_heads=(1, 1, 2, 4), depths=(1, 1, 2, 1)),
-    "b0": MiTConfig(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)),
-    "b1": MiTConfig(embed_dims=_B1_5_DIMS, depths=(2, 2, 2, 2)),
-    "b2": MiTConfig(embed_dims=_B1_5_DIMS, depths=(3, 4, 6, 3)),
-    "b3": MiTConfig(embed_dims=_B1_5_DIMS, depths=(3, 4, 18, 3)),
-    "b4": MiTConfig(embed_dims=_B1_5_DIMS, depths=(3, 8, 27, 3)),
-    "b5": MiTConfig(embed_dims=_B1_5_DIMS, depths=(3, 6, 40, 3)),
+    # SegFormer's sizes, with its LayerNorm epsilon so that ImageNet weights load as trained.
+    "b0": MiTConfig(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), norm_eps=1e-6),
+    "b1": MiTConfig(embed_dims=_B1_5_DIMS, depths=(2, 2, 2, 2), norm_eps=1e-6),
+    "b2": MiTConfig(embed_dims=_B1_5_DIMS, depths=(3, 4, 6, 3), norm_eps=1e-6),
+    "b3": MiTConfig(embed_dims=_B1_5_DIMS, depths=(3, 4, 18, 3), norm_eps=1e-6),
+    "b4": MiTConfig(embed_dims=_B1_5_DIMS, depths=(3, 8, 27, 3), norm_eps=1e-6),
+    "b5": MiTConfig(embed_dims=_B1_5_DIMS, depths=(3, 6, 40, 3), norm_eps=1e-6),
 }
+
+
+def segformer_config(name: str) -> MiTConfig:
+    """``b0`` ... ``b5`` exactly as SegFormer computes them (no key/value-reduction padding)."""
+    return replace(MIT_CONFIGS[name], pad_reduction=False)
+
+
+_SEGFORMER_NAMES = (
+    (re.compile(r"stages\.(\d+)\.patch_embed\.(.+)"), "patch_embed{0}.{1}"),
+    (re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.dwconv\.(.+)"), "block{0}.{1}.mlp.dwconv.dwconv.{2}"),
+    (re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(.+)"), "block{0}.{1}.{2}"),
+    (re.compile(r"stages\.(\d+)\.norm\.(.+)"), "norm{0}.{1}"),
+)
+
+
+def segformer_key(key: str) -> str:
+    """The name NVlabs SegFormer's ``MixVisionTransformer`` gives our encoder state-dict entry ``key``.
+
+    ``stages.0.patch_embed.proj.weight`` -> ``patch_embed1.proj.weight``,
+    ``stages.2.blocks.5.mlp.dwconv.bias`` -> ``block3.5.mlp.dwconv.dwconv.bias``,
+    ``stages.3.norm.weight`` -> ``norm4.weight``. The tensors have the same shapes.
+    """
+    for pattern, template in _SEGFORMER_NAMES:
+        m = pattern.fullmatch(key)
+        if m:
+            stage, *rest = m.groups()
+            return template.format(int(stage) + 1, *rest)
+    raise KeyError(f"not a Mix Transformer parameter: {key!r}")
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -76,9 +123,10 @@ class OverlapPatchEmbed(nn.Module):
 class EfficientSelfAttention(nn.Module):
     """Multi-head self-attention whose keys/values are spatially reduced by ``sr_ratio``."""
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int):
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, pad_reduction: bool = True):
         super().__init__()
         self.num_heads = num_heads
+        self.pad_reduction = pad_reduction
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -95,7 +143,7 @@ class EfficientSelfAttention(nn.Module):
             grid = x.transpose(1, 2).reshape(b, c, *hw)
             # ceil_mode-like: pad so small inputs still give at least one key
             ph, pw = (-hw[0]) % self.sr_ratio, (-hw[1]) % self.sr_ratio
-            if ph or pw:
+            if self.pad_reduction and (ph or pw):
                 grid = F.pad(grid, (0, pw, 0, ph), mode="replicate")
             x = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
         k, v = self.kv(x).reshape(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
@@ -123,11 +171,12 @@ class MixFFN(nn.Module):
 class MiTBlock(nn.Module):
     """Pre-norm transformer block: efficient self-attention then Mix-FFN, both residual."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, sr_ratio: int, drop_path: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, sr_ratio: int, drop_path: float,
+                 norm_eps: float = 1e-5, pad_reduction: bool = True):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, pad_reduction)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = drop_path
 
@@ -140,11 +189,14 @@ class MiTStage(nn.Module):
     """Patch embedding, ``depth`` blocks, final LayerNorm; returns a ``(B, D, h, w)`` map."""
 
     def __init__(self, in_channels: int, dim: int, patch: int, stride: int, depth: int,
-                 num_heads: int, mlp_ratio: int, sr_ratio: int, drop_paths: list[float]):
+                 num_heads: int, mlp_ratio: int, sr_ratio: int, drop_paths: list[float],
+                 norm_eps: float = 1e-5, pad_reduction: bool = True):
         super().__init__()
         self.patch_embed = OverlapPatchEmbed(in_channels, dim, patch, stride)
-        self.blocks = nn.ModuleList(MiTBlock(dim, num_heads, mlp_ratio, sr_ratio, dp) for dp in drop_paths)
-        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(
+            MiTBlock(dim, num_heads, mlp_ratio, sr_ratio, dp, norm_eps, pad_reduction) for dp in drop_paths
+        )
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -168,6 +220,7 @@ class MixTransformer(nn.Module):
             stages.append(MiTStage(
                 in_ch, config.embed_dims[i], 7 if i == 0 else 3, 4 if i == 0 else 2, depth,
                 config.num_heads[i], config.mlp_ratios[i], config.sr_ratios[i], rates[start:start + depth],
+                config.norm_eps, config.pad_reduction,
             ))
             start += depth
             in_ch = config.embed_dims[i]

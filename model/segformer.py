@@ -52,9 +52,13 @@ class SegFormer(nn.Module):
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
         return (rgb - self.mean.to(rgb.dtype)) / self.std.to(rgb.dtype)
 
-    def encode(self, rgb: torch.Tensor) -> list[torch.Tensor]:
-        """The four encoder feature maps (strides 4, 8, 16, 32)."""
-        return self.encoder(self.normalize(rgb))
+    def encode(self, rgb: torch.Tensor, normalize: bool = True) -> list[torch.Tensor]:
+        """The four encoder feature maps (strides 4, 8, 16, 32).
+
+        ``normalize=False`` feeds the [0, 1] image to the encoder as is (what the SegMiF
+        reference code does in its fusion-guidance pass).
+        """
+        return self.encoder(self.normalize(rgb) if normalize else rgb)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encode(rgb))

@@ -28,8 +28,8 @@ from torch import nn
 
 from rig.model.classes import get_class_set
 from rig.model.color import replace_luminance, rgb_to_ycrcb
-from rig.model.fusion import FusionConfig, FusionNetwork
-from rig.model.mit import MIT_CONFIGS, MiTConfig
+from rig.model.fusion import FusionConfig, build_fusion_network
+from rig.model.mit import MIT_CONFIGS, MiTConfig, segformer_config
 from rig.model.segformer import SegFormer
 
 
@@ -44,6 +44,10 @@ class SegMiFConfig:
         decoder_dim: SegFormer all-MLP decoder width.
         classes: class set, ``"fmb"`` (15) or ``"mfnet"`` (9).
         seg_scale: the segmentation sub-network sees the image resized by this factor.
+        guidance_normalize: the initial pass normalises its image with the ImageNet
+            statistics, as segmentation does. ``False`` feeds the encoder the [0, 1]
+            image as is, which is what the SegMiF reference code trained its fusion
+            network with (``reference_*`` configs).
     """
 
     name: str = "custom"
@@ -52,6 +56,7 @@ class SegMiFConfig:
     decoder_dim: int = 256
     classes: str = "fmb"
     seg_scale: float = 1.0
+    guidance_normalize: bool = True
 
     def __post_init__(self) -> None:
         get_class_set(self.classes)
@@ -104,13 +109,22 @@ MODEL_CONFIGS: dict[str, SegMiFConfig] = {
         decoder_dim=16,
     ),
 }
+# The SegMiF reference code's published architecture (Fusion_Network3_ac + Network3('mit_b3')):
+# 64-channel streams, its HIA and reconstruction, a 256-wide decoder, un-normalised guidance
+# (see model/README.md, "Reference checkpoints"). rig.model.reference imports its weights.
+REFERENCE_FUSION = FusionConfig(width=64, growth=32, dense_layers=5, num_heads=8, residual=False,
+                                variant="reference")
+MODEL_CONFIGS["reference_b3"] = SegMiFConfig(
+    name="reference_b3", fusion=REFERENCE_FUSION, encoder=segformer_config("b3"), decoder_dim=256,
+    guidance_normalize=False,
+)
 MODEL_CONFIGS["paper"] = replace(MODEL_CONFIGS["segmif_b3"], name="paper")
 MODEL_CONFIGS["cpu"] = MODEL_CONFIGS["segmif_cpu"]
 MODEL_CONFIGS["tiny"] = MODEL_CONFIGS["segmif_tiny"]
 
 
 def get_config(name: str, **overrides: Any) -> SegMiFConfig:
-    """A registered config by name (``paper``, ``cpu``, ``tiny``, ``segmif_b0`` ... ``segmif_b5``).
+    """A registered config by name (``paper``, ``cpu``, ``tiny``, ``segmif_b0`` ... ``segmif_b5``, ``reference_b3``).
 
     ``overrides`` replace top-level fields, e.g. ``get_config("cpu", classes="mfnet")``.
     """
@@ -148,7 +162,7 @@ class SegMiF(nn.Module):
         super().__init__()
         self.config = config
         self.segmenter = SegFormer(config.encoder, config.decoder_dim, config.num_classes)
-        self.fusion = FusionNetwork(config.fusion, (config.encoder.embed_dims[0], config.encoder.embed_dims[1]))
+        self.fusion = build_fusion_network(config.fusion, (config.encoder.embed_dims[0], config.encoder.embed_dims[1]))
 
     def _seg_input(self, rgb: torch.Tensor) -> torch.Tensor:
         if self.config.seg_scale == 1.0:
@@ -160,15 +174,20 @@ class SegMiF(nn.Module):
         """Initial pass: encoder features (strides 4, 8) of the initial fusion."""
         y_vis = rgb_to_ycrcb(visible)[:, :1]
         rgb0 = replace_luminance(visible, initial_fusion(y_vis, lwir))
-        return self.segmenter.encode(self._seg_input(rgb0))[:2]
+        return self.segmenter.encode(self._seg_input(rgb0), normalize=self.config.guidance_normalize)[:2]
 
     def fuse(self, visible: torch.Tensor, lwir: torch.Tensor,
              features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Interactive fusion pass: ``(fused_y (B,1,H,W), fused_rgb (B,3,H,W))``."""
+        """Interactive fusion pass: ``(fused_y (B,1,H,W), fused_rgb (B,3,H,W))``, both in [0, 1].
+
+        The fusion network sees the visible *luminance* (Y of YCrCb), as the reference
+        code trains it (its test script passes the red channel instead).
+        """
         if features is None:
             features = self.semantic_features(visible, lwir)
         y_vis = rgb_to_ycrcb(visible)[:, :1]
-        fused_y = self.fusion(lwir, y_vis, features[0], features[1])
+        # the rig variant ends in a sigmoid (clamping is a no-op); the reference one is unbounded
+        fused_y = self.fusion(lwir, y_vis, features[0], features[1]).clamp(0.0, 1.0)
         return fused_y, replace_luminance(visible, fused_y)
 
     def segment(self, rgb: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
