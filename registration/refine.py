@@ -1,0 +1,786 @@
+"""Targetless refinement of a registered visible/LWIR pair, and what a drive does with it.
+
+A calibrated homography is exact on one plane and only while the rig does not
+move; vibration, warm-up and a bumped mount leave a residual misalignment of a
+few pixels and a fraction of a degree. :func:`refine_alignment` measures that
+residual on the registered pair itself (no target) as a small similarity or
+affine correction ``H`` (LWIR px -> visible px), and refuses rather than
+guesses when the pair cannot tell. :func:`correction_px`,
+:func:`smooth_corrections` and :func:`detect_drift` are what a drive needs
+around it: a correction in pixels at the output centre and corners, temporal
+smoothing (a single frame cannot jump, refused frames take their neighbours'
+value) and a "calibration drift: recalibrate" verdict.
+
+Everything here is a pure function of its arguments (no global state, no I/O).
+
+Method
+------
+*Features.* Intensities do not agree across modalities (a warm body is bright in
+LWIR and may be dark in visible; polarity flips from object to object), but
+where both see a boundary they agree on its *position and orientation*. Each
+image is mapped to a two-channel field of doubled-angle gradient vectors
+
+    f = (gx^2 - gy^2, 2 gx gy) / (gx^2 + gy^2 + a * E_local + e0^2)
+
+i.e. ``s(m) * (cos 2t, sin 2t)`` with ``t`` the gradient angle: flipping the
+polarity (``t -> t + pi``) leaves ``f`` unchanged, thin lines and edges both
+count, and the magnitude weight ``s`` saturates (a strong edge counts about as
+much as a moderate one, so a hot exhaust cannot dominate) and is locally
+normalised by the neighbourhood's gradient energy ``E_local`` (weak but real
+thermal contrast still counts). ``e0`` is a per-image noise floor, so sensor
+noise in a dark image stays near zero. The field is blurred slightly, which
+gives the cost a smooth basin. Under a rotation by ``r`` the doubled-angle
+vector turns by ``2 r``; the warped LWIR field is rotated back accordingly, so
+the features of a rotated image equal the rotated features.
+
+*Estimation.* Lucas-Kanade on the similarity (4) or affine (6) parameters with
+the ESM Jacobian (Benhimane & Malis 2004: the mean of the visible template's
+and the warped LWIR field's gradients - plain inverse-compositional steps
+shrink where the two modalities' features differ in strength), coarse to fine
+on a three-level pyramid of a reduced-resolution copy (at most ``work_px`` on
+the long side: the correction is a low-order warp, sub-pixel precise at that
+resolution, and it keeps the cost at a few milliseconds); the coarsest level
+finds the shift first. At most ``max_points`` informative pixels (a fixed,
+regular subsample of those where the visible field has a gradient) enter the
+normal equations. Each Gauss-Newton step is iteratively reweighted with
+Tukey's biweight on the per-pixel residual norm (scale from the median
+residual), so structure that disagrees - parallax of objects off the working
+plane, edges seen in one modality only (shadows, heat) - is pushed to weight
+zero and the estimate follows the dominant, agreeing structure. Parameters are
+scaled so each is a displacement in pixels at the image corners, which makes
+the Hessian well scaled and its conditioning meaningful.
+
+*Refusal.* The estimate is checked, and ``accepted = False`` with
+``H = identity`` and a ``reason`` is returned, when
+
+* too little structure is shared (fraction of pixels where both images have a
+  gradient above their noise floor): night visible, sky, fog, flat images;
+* the Gauss-Newton Hessian is ill-conditioned (aperture problem: e.g. only
+  horizontal edges leave horizontal shift unconstrained);
+* the correction reaches ``max_shift_px`` anywhere in the image (also the
+  search is stopped there: a bound, not a clamp);
+* the search did not converge at the finest level (a cost without a clear
+  minimum drifts; a real one converges);
+* the inlier fraction is too low (most structure disagrees);
+* a correction larger than ``free_px`` does not improve the agreement
+  (normalised correlation of the feature fields) over identity by
+  ``min_gain``: a real misalignment of a few pixels always does.
+
+``confidence`` (0..1) is the product of the aligned agreement, the inlier
+fraction and saturating terms of the shared structure and the conditioning.
+
+Conventions: pixel centres at integer coordinates (OpenCV); ``H`` maps LWIR
+pixels of the given pair to visible pixels of the pair, i.e. the corrected LWIR
+image is ``cv2.warpPerspective(lwir, H, size)``; composing it into a
+registration whose output-from-LWIR map is ``M`` gives ``H @ M``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "MODELS", "Correction", "DriftReport", "RefineResult", "correction_px", "detect_drift", "grid_error_px",
+    "refine_alignment", "smooth_corrections",
+]
+
+MODELS = ("similarity", "affine")
+
+# Feature constants (in pixels of the working level).
+_PRE_SIGMA = 0.8  # blur before the gradient
+_NORM_SIGMA = 6.0  # neighbourhood of the local gradient energy
+_NORM_ALPHA = 0.5  # weight of the local energy in the normaliser
+_FEAT_SIGMA = 1.0  # blur of the feature field
+_TUKEY_C = 4.685
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A correction ``H`` in pixels: what it does at the image centre and corners.
+
+    Attributes:
+        centre: ``(dx, dy)`` displacement of the image centre, px.
+        corners: ``(4, 2)`` displacements of the corner pixels (top-left, top-right, bottom-right, bottom-left), px.
+        max_px: largest displacement over the centre and the corners, px.
+        rotation_deg: rotation of the linear part (positive: x towards y, i.e. clockwise on screen), degrees.
+        scale: isotropic scale of the linear part (``sqrt(|det|)``), 1 = none.
+    """
+
+    centre: tuple[float, float]
+    corners: np.ndarray
+    max_px: float
+    rotation_deg: float
+    scale: float
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready values (for ``frames.jsonl``)."""
+        return {"centre_px": [round(float(v), 3) for v in self.centre],
+                "corners_px": [[round(float(v), 3) for v in c] for c in self.corners],
+                "max_px": round(float(self.max_px), 3), "rotation_deg": round(float(self.rotation_deg), 4),
+                "scale": round(float(self.scale), 6)}
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """What :func:`refine_alignment` found.
+
+    Attributes:
+        H: ``(3, 3)`` float64 correction, LWIR px -> visible px of the pair; identity when refused.
+        accepted: whether ``H`` is the estimate (True) or identity because the estimate was refused.
+        confidence: 0..1 (0 when refused for lack of structure or a diverged search).
+        reason: why it was refused; ``""`` when accepted.
+        estimate: ``(3, 3)`` the raw estimate, also when refused (diagnostics; identity if none was made).
+        correction: :class:`Correction` of ``estimate`` at this image size.
+        model: ``"similarity"`` or ``"affine"``.
+        iterations: Gauss-Newton steps over all pyramid levels.
+        structure_fraction: share of the evaluated pixels with structure in both images (after alignment).
+        inlier_fraction: share of the structured pixels with non-zero robust weight at the solution.
+        agreement: normalised correlation of the feature fields after the correction (-1..1).
+        agreement_identity: the same without correction.
+        condition: smallest / largest eigenvalue of the Hessian (parameters in px at the corners).
+        work_size: ``(w, h)`` of the finest level the estimate was computed at.
+    """
+
+    H: np.ndarray
+    accepted: bool
+    confidence: float
+    reason: str
+    estimate: np.ndarray
+    correction: Correction
+    model: str
+    iterations: int = 0
+    structure_fraction: float = 0.0
+    inlier_fraction: float = 0.0
+    agreement: float = 0.0
+    agreement_identity: float = 0.0
+    condition: float = 0.0
+    work_size: tuple[int, int] = (0, 0)
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready values (for ``frames.jsonl``)."""
+        return {"accepted": bool(self.accepted), "confidence": round(float(self.confidence), 4), "reason": self.reason,
+                "model": self.model, "H": np.round(self.H, 8).tolist(), "correction": self.correction.as_dict(),
+                "iterations": int(self.iterations), "structure_fraction": round(float(self.structure_fraction), 4),
+                "inlier_fraction": round(float(self.inlier_fraction), 4), "agreement": round(float(self.agreement), 4),
+                "agreement_identity": round(float(self.agreement_identity), 4),
+                "condition": round(float(self.condition), 5)}
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """What :func:`detect_drift` concluded about a drive.
+
+    Attributes:
+        drifting: the correction keeps growing: recalibrate.
+        growth_px: change of the (robust, linear) trend of the correction from the first to the last accepted frame,
+            largest over the centre and corners, px.
+        rate_px_per_unit: ``growth_px`` per unit of ``times`` (per frame when no times were given).
+        level_px: median magnitude of the correction over the drive (a constant offset, not drift), px.
+        n_used: accepted frames the trend was fitted to.
+        message: ``"calibration drift: recalibrate"`` when drifting, else a short summary.
+    """
+
+    drifting: bool
+    growth_px: float
+    rate_px_per_unit: float
+    level_px: float
+    n_used: int
+    message: str
+
+
+# --------------------------------------------------------------------------- corrections in pixels
+def _corner_points(size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    return np.array([[(w - 1) / 2, (h - 1) / 2], [0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+
+
+def _apply(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    p = pts @ H[:2, :2].T + H[:2, 2]
+    z = pts @ H[2, :2] + H[2, 2]
+    return p / z[:, None]
+
+
+def correction_px(H: np.ndarray, size: tuple[int, int]) -> Correction:
+    """Displacement of a correction at the centre and the corners of a ``size = (w, h)`` image.
+
+    Args:
+        H: ``(3, 3)`` correction, LWIR px -> visible px.
+        size: ``(w, h)`` of the image ``H`` acts on (e.g. the 800x600 output).
+
+    Returns:
+        :class:`Correction` (centre and corner displacements, their maximum, rotation and scale).
+
+    Example:
+        >>> c = correction_px(np.array([[1, 0, 2.0], [0, 1, -1.0], [0, 0, 1]]), (800, 600))
+        >>> c.centre, c.max_px
+        ((2.0, -1.0), 2.23606797749979)
+    """
+    H = np.asarray(H, np.float64)
+    pts = _corner_points(size)
+    d = _apply(H, pts) - pts
+    A = H[:2, :2] / H[2, 2]
+    rot = math.degrees(math.atan2(A[1, 0] - A[0, 1], A[0, 0] + A[1, 1]))
+    scale = math.sqrt(abs(float(np.linalg.det(A))))
+    return Correction((float(d[0, 0]), float(d[0, 1])), d[1:].copy(), float(np.hypot(d[:, 0], d[:, 1]).max()), rot, scale)
+
+
+def grid_error_px(H_a: np.ndarray, H_b: np.ndarray, size: tuple[int, int], step: float = 20.0) -> np.ndarray:
+    """Distances between where two maps put the points of a ``step``-px grid over a ``size = (w, h)`` image."""
+    w, h = size
+    u, v = np.meshgrid(np.arange(0, w, step, dtype=np.float64), np.arange(0, h, step, dtype=np.float64))
+    pts = np.stack([u.ravel(), v.ravel()], axis=1)
+    return np.hypot(*(_apply(np.asarray(H_a, np.float64), pts) - _apply(np.asarray(H_b, np.float64), pts)).T)
+
+
+# --------------------------------------------------------------------------- features
+def _noise_sigma(img: np.ndarray) -> float:
+    """Robust estimate of additive noise (grey levels), Immerkaer's Laplacian-difference operator with a median."""
+    k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    r = np.abs(cv2.filter2D(img, cv2.CV_32F, k, borderType=cv2.BORDER_REPLICATE)[1:-1:2, 1:-1:2]).ravel()
+    return _quantile(r, 0.5) * 1.4826 / 6.0
+
+
+def _gradients(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    g = cv2.GaussianBlur(img, (0, 0), _PRE_SIGMA, borderType=cv2.BORDER_REPLICATE)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3, scale=0.125, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3, scale=0.125, borderType=cv2.BORDER_REPLICATE)
+    return gx, gy
+
+
+def _features(img: np.ndarray, e0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Doubled-angle, saturated, locally normalised gradient field ``(h, w, 2)`` and the squared gradient magnitude."""
+    gx, gy = _gradients(img)
+    gxx, gyy, gxy = gx * gx, gy * gy, gx * gy
+    m2 = gxx + gyy
+    k = 2 * int(round(_NORM_SIGMA)) + 1
+    den = cv2.boxFilter(m2, -1, (k, k), borderType=cv2.BORDER_REPLICATE)
+    den *= _NORM_ALPHA
+    den += m2
+    den += e0 * e0
+    np.reciprocal(den, out=den)
+    f = cv2.merge([(gxx - gyy) * den, 2.0 * gxy * den])
+    f = cv2.GaussianBlur(f, (0, 0), _FEAT_SIGMA, borderType=cv2.BORDER_REPLICATE)
+    return f, m2
+
+
+# --------------------------------------------------------------------------- warps
+def _n_params(model: str) -> int:
+    return 4 if model == "similarity" else 6
+
+
+def _param_matrix(p: np.ndarray, c: tuple[float, float], R: float) -> np.ndarray:
+    """3x3 of ``x' = x + t + L (x - c) / R`` with the parameters in px at radius ``R`` from ``c``."""
+    if len(p) == 4:
+        tx, ty, a, b = p
+        L = np.array([[a, -b], [b, a]]) / R
+    else:
+        tx, ty, a11, a12, a21, a22 = p
+        L = np.array([[a11, a12], [a21, a22]]) / R
+    M = np.eye(3)
+    M[:2, :2] += L
+    M[:2, 2] = np.array([tx, ty]) - L @ np.asarray(c)
+    return M
+
+
+def _level_transform(sx: float, sy: float) -> np.ndarray:
+    """Full-resolution px -> level px (``x_l = (x + 0.5) * s - 0.5``)."""
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+
+
+def _rotation_of(A: np.ndarray) -> float:
+    return math.atan2(A[1, 0] - A[0, 1], A[0, 0] + A[1, 1])
+
+
+def _sample_features(F: np.ndarray, A: np.ndarray, pts: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``F`` sampled at ``A @ pts`` with the doubled angles turned back by ``A``'s rotation, and which were inside."""
+    w, h = size
+    u = (A[0, 0] * pts[:, 0] + A[0, 1] * pts[:, 1] + A[0, 2]).astype(np.float32)
+    v = (A[1, 0] * pts[:, 0] + A[1, 1] * pts[:, 1] + A[1, 2]).astype(np.float32)
+    n, cols = len(u), 1024  # remap wants maps under 32767 px a side: lay the points out in rows
+    rows = -(-n // cols)
+    mu, mv = np.zeros(rows * cols, np.float32), np.zeros(rows * cols, np.float32)
+    mu[:n], mv[:n] = u, v
+    Fw = cv2.remap(F, mu.reshape(rows, cols), mv.reshape(rows, cols), cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                   borderValue=0).reshape(rows * cols, -1)[:n]
+    ok = (u >= 1.0) & (u <= w - 2.0) & (v >= 1.0) & (v <= h - 2.0)
+    r = _rotation_of(A)
+    if abs(r) > 1e-9:  # an edge at A x is turned by rot(A) relative to the template: turn its doubled angle back
+        c, s = math.cos(2 * r), math.sin(2 * r)
+        Rm = np.array([[c, -s], [s, c]], np.float32)
+        Fw = np.concatenate([Fw[:, j:j + 2] @ Rm for j in range(0, Fw.shape[1], 2)], axis=1)
+    return Fw, ok
+
+
+def _quantile(x: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of a 1-D array (lower sample; ``np.partition``, no interpolation)."""
+    k = int(q * (x.size - 1))
+    return float(np.partition(x, k)[k])
+
+
+def _tukey(e: np.ndarray, c: float) -> np.ndarray:
+    u = e / c
+    w = (1.0 - u * u)
+    w = w * w
+    w[u >= 1.0] = 0.0
+    return w
+
+
+def _agreement(Fv: np.ndarray, Fw: np.ndarray) -> float:
+    num = float(np.sum(Fv * Fw))
+    den = math.sqrt(float(np.sum(Fv * Fv)) * float(np.sum(Fw * Fw)))
+    return num / den if den > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- the estimator
+def refine_alignment(
+    visible: np.ndarray,
+    lwir: np.ndarray,
+    *,
+    max_shift_px: float = 24.0,
+    model: str = "similarity",
+    mask: np.ndarray | None = None,
+    work_px: int = 320,
+    levels: int = 3,
+    margin_px: float = 4.0,
+    min_structure: float = 0.03,
+    min_condition: float = 0.02,
+    min_inliers: float = 0.25,
+    free_px: float = 3.0,
+    min_gain: float = 0.01,
+    max_iterations: int = 40,
+    tolerance_px: float = 0.005,
+    max_points: int = 4000,
+) -> RefineResult:
+    """Estimate the residual misalignment of a registered visible/LWIR pair (targetless, cross-modal).
+
+    Args:
+        visible: ``(h, w)`` uint8 grey visible image of the registered pair (colour: convert first).
+        lwir: ``(h, w)`` uint8 LWIR image of the same pair (any polarity).
+        max_shift_px: bound on the correction: largest displacement at the centre or a corner, full-resolution px.
+            The search stops there and the result is refused (the bound is never returned as a clamped guess).
+        model: ``"similarity"`` (shift, rotation, scale) or ``"affine"``.
+        mask: optional ``(h, w)`` bool, pixels where both images hold data (e.g. the LWIR coverage of the output).
+        work_px: long side of the finest working level (the pair is reduced to it first; no upsampling).
+        levels: pyramid levels (each halves the resolution).
+        margin_px: border of the full-resolution image left out of the cost (filter support, resampled borders).
+        min_structure: least share of evaluated pixels with structure in both images.
+        min_condition: least smallest/largest Hessian eigenvalue ratio (aperture problem below).
+        min_inliers: least share of the structured pixels that agree at the solution.
+        free_px: corrections up to this size (px) need no agreement gain over identity.
+        min_gain: least gain of the feature agreement over identity for larger corrections.
+        max_iterations: Gauss-Newton steps per level at most.
+        tolerance_px: the finest level stops when a step moves the corners by less (level px; coarser levels: 4x).
+        max_points: pixels used per level at most (a regular subsample of the informative ones).
+
+    Returns:
+        :class:`RefineResult`; ``.H`` is the correction to apply (LWIR px -> visible px), identity when refused.
+
+    Raises:
+        ValueError: on images of different sizes, non-2D images or an unknown ``model``.
+
+    Example:
+        >>> r = refine_alignment(vis_grey, lwir8, max_shift_px=20)
+        >>> corrected = cv2.warpPerspective(lwir8, r.H, lwir8.shape[::-1]) if r.accepted else lwir8
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got '{model}'")
+    visible, lwir = np.asarray(visible), np.asarray(lwir)
+    if visible.ndim != 2 or lwir.ndim != 2:
+        raise ValueError(f"expected 2D grey images, got shapes {visible.shape} and {lwir.shape}")
+    if visible.shape != lwir.shape:
+        raise ValueError(f"images differ in size: visible {visible.shape}, lwir {lwir.shape}")
+    if mask is not None and np.asarray(mask).shape != visible.shape:
+        raise ValueError(f"mask has shape {np.asarray(mask).shape}, images {visible.shape}")
+    Hh, W = visible.shape
+    size = (W, Hh)
+    n_p = _n_params(model)
+    eye = np.eye(3)
+
+    def refuse(reason: str, est: np.ndarray = eye, confidence: float = 0.0, **kw) -> RefineResult:
+        return RefineResult(eye.copy(), False, float(confidence), reason, est, correction_px(est, size), model, **kw)
+
+    # ---- pyramid (finest level first)
+    s0 = min(1.0, work_px / max(W, Hh))
+    pyr = []
+    m_full = None if mask is None else np.asarray(mask, np.float32)
+    w_l, h_l = max(8, int(round(W * s0))), max(8, int(round(Hh * s0)))
+    lv = []
+    for k in range(levels):
+        if k == 0:
+            imgs = [im.astype(np.float32) for im in (visible, lwir)] + ([] if m_full is None else [m_full])
+            if (w_l, h_l) != size:
+                imgs = [cv2.resize(im, (w_l, h_l), interpolation=cv2.INTER_AREA) for im in imgs]
+        else:
+            w_l, h_l = (w_l + 1) // 2, (h_l + 1) // 2
+            imgs = [cv2.resize(im, (w_l, h_l), interpolation=cv2.INTER_AREA) for im in lv]
+        lv = imgs
+        pyr.append((imgs[0], imgs[1], imgs[2] if len(imgs) > 2 else None, w_l / W, h_l / Hh))
+        if min(w_l, h_l) < 48:
+            break
+
+    # Noise floors, measured at the finest level (noise shrinks with the reduction: scale them per level).
+    nv, ni = _noise_sigma(pyr[0][0]), _noise_sigma(pyr[0][1])
+
+    A_full = eye.copy()  # visible px -> LWIR px, full resolution (the inverse of H)
+    iterations = 0
+    stats: dict = {}
+    for k in reversed(range(len(pyr))):
+        v_l, i_l, m_l, sx, sy = pyr[k]
+        h_l, w_l = v_l.shape
+        f = 2.0 ** (-k)  # noise and gradients of a box-reduced level
+        e0v, e0i = 2.0 * nv * f + 0.5, 2.0 * ni * f + 0.5
+        Fv, mag_v = _features(v_l, e0v)
+        Fi, mag_i = _features(i_l, e0i)
+        S = _level_transform(sx, sy)
+        Sinv = np.linalg.inv(S)
+        A = S @ A_full @ Sinv
+        cx, cy = (w_l - 1) / 2, (h_l - 1) / 2
+        Rl = math.hypot(cx, cy)
+        pad = max(2.0, margin_px * sx) + 3.0 * _FEAT_SIGMA
+        p0 = int(math.ceil(pad))
+        inner = np.zeros((h_l, w_l), bool)
+        inner[p0:h_l - p0, p0:w_l - p0] = True
+        if m_l is not None:
+            inner &= m_l > 0.999
+        # Template gradients and steepest-descent images.
+        dFx = cv2.Sobel(Fv, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+        dFy = cv2.Sobel(Fv, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
+        gmag = np.sum(dFx * dFx + dFy * dFy, axis=2)
+        tv = max(4.0 * f, 3.0 * e0v)  # "structure" = gradient clearly above noise (grey levels per level px)
+        struct_v = mag_v > tv * tv
+        # Pixels that carry information: template gradient of the features present; at most max_points of them,
+        # a regular subsample (the selection depends on the visible image only, so it is the same for any LWIR).
+        g_in = gmag[inner]
+        thr = 0.02 * _quantile(g_in[::4], 0.99) if g_in.size > 8 else 0.0
+        sel_idx = np.flatnonzero(inner & (gmag > thr))
+        if sel_idx.size < 50:
+            return refuse("too little structure in the visible image", iterations=iterations, work_size=pyr[0][0].shape[::-1])
+        if sel_idx.size > max_points:
+            sel_idx = sel_idx[np.round(np.linspace(0, sel_idx.size - 1, max_points)).astype(np.int64)]
+        px, py = (sel_idx % w_l).astype(np.float32), (sel_idx // w_l).astype(np.float32)
+        xn, yn = (px - cx) / Rl, (py - cy) / Rl
+        gx_, gy_ = dFx.reshape(-1, 2)[sel_idx], dFy.reshape(-1, 2)[sel_idx]  # (N, 2)
+        z, o = np.zeros_like(xn), np.ones_like(xn)
+        if n_p == 4:
+            Jx, Jy = np.stack([o, z, xn, -yn], 1), np.stack([z, o, yn, xn], 1)
+        else:
+            Jx, Jy = np.stack([o, z, xn, yn, z, z], 1), np.stack([z, o, z, z, xn, yn], 1)
+        Tv = Fv.reshape(-1, 2)[sel_idx]
+        sel_struct = struct_v.ravel()[sel_idx]
+        # ESM (Benhimane & Malis 2004): the Jacobian is the mean of the template's and the warped image's gradients,
+        # which converges in a few steps even where the two modalities' features differ in strength.
+        dIx = cv2.Sobel(Fi, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+        dIy = cv2.Sobel(Fi, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
+        Fi6 = cv2.merge([Fi, dIx, dIy])
+        w_rob = np.ones(len(px), np.float32)
+        Hs = None
+        pts = np.stack([px, py], 1)
+        tol = tolerance_px if k == 0 else 10 * tolerance_px
+        n_free = 2 if k == len(pyr) - 1 else n_p  # the coarsest level finds the shift first, then the full model
+        converged = False
+        n_it = max_iterations if k == 0 else max(4, max_iterations // 3)  # coarse levels: into the next one's basin
+        for it in range(n_it):
+            iterations += 1
+            s6, ok = _sample_features(Fi6, A, pts, (w_l, h_l))
+            r = s6[:, 0:2] - Tv  # (N, 2)
+            gu, gv = s6[:, 2:4], s6[:, 4:6]  # d/du, d/dv of the LWIR features at A x; chain rule to d/dx, d/dy:
+            gx = 0.5 * (gx_ + gu * np.float32(A[0, 0]) + gv * np.float32(A[1, 0]))
+            gy = 0.5 * (gy_ + gu * np.float32(A[0, 1]) + gv * np.float32(A[1, 1]))
+            SD2 = (gx[:, :, None] * Jx[:, None, :] + gy[:, :, None] * Jy[:, None, :]).reshape(-1, n_p)  # (2N, P)
+            e = np.sqrt(r[:, 0] * r[:, 0] + r[:, 1] * r[:, 1])
+            ev = e[ok]
+            if ev.size < 50:
+                return refuse("correction beyond max_shift_px (search left the image)", est=np.linalg.inv(A_full),
+                              iterations=iterations, work_size=pyr[0][0].shape[::-1])
+            sigma = max(1.4826 * float(np.median(ev)), 1e-4)
+            w_rob = _tukey(e, _TUKEY_C * sigma) * ok
+            wr = np.repeat(w_rob, 2)
+            SDw = SD2 * wr[:, None]
+            Hs = (SDw.T @ SD2).astype(np.float64)
+            b = (SDw.T @ r.reshape(-1)).astype(np.float64)
+            try:
+                dp = np.zeros(n_p)
+                dp[:n_free] = -np.linalg.solve(Hs[:n_free, :n_free], b[:n_free])
+            except np.linalg.LinAlgError:
+                return refuse("ill-conditioned (no structure constrains the warp)", iterations=iterations,
+                              work_size=pyr[0][0].shape[::-1])
+            D = _param_matrix(dp, (cx, cy), Rl)
+            A = A @ D
+            A_full = Sinv @ A @ S
+            step = float(np.abs(dp[:2]).max() + np.abs(dp[2:]).max())
+            if correction_px(np.linalg.inv(A_full), size).max_px > 1.5 * max_shift_px:
+                break
+            if step < tol or (n_free < n_p and it >= n_it // 3):
+                if n_free == n_p:
+                    converged = step < tol
+                    break
+                n_free = n_p
+        if correction_px(np.linalg.inv(A_full), size).max_px > 1.5 * max_shift_px:
+            break
+        if k == 0:
+            # Agreement and shared structure over the inner pixels (every other one) at the solution and at identity.
+            gy2, gx2 = np.mgrid[p0:h_l - p0:2, p0:w_l - p0:2]
+            g_idx = (gy2 * w_l + gx2).ravel()
+            g_idx = g_idx[inner.ravel()[g_idx]]
+            gpts = np.stack([g_idx % w_l, g_idx // w_l], 1).astype(np.float32)
+            Fw_g, ok_g = _sample_features(Fi, A, gpts, (w_l, h_l))
+            Fv_g = Fv.reshape(-1, 2)[g_idx]
+            u = (A[0, 0] * gpts[:, 0] + A[0, 1] * gpts[:, 1] + A[0, 2]).astype(np.float32)
+            v = (A[1, 0] * gpts[:, 0] + A[1, 1] * gpts[:, 1] + A[1, 2]).astype(np.float32)
+            m2_i = _sample_features(mag_i[..., None], np.eye(3), np.stack([u, v], 1), (w_l, h_l))[0][:, 0]
+            ti = max(4.0, 3.0 * e0i)
+            shared = struct_v.ravel()[g_idx] & (m2_i > ti * ti) & ok_g
+            n_struct = max(1, int(np.count_nonzero(sel_struct)))
+            stats = dict(
+                converged=converged,
+                structure_fraction=float(np.count_nonzero(shared)) / max(1, int(np.count_nonzero(ok_g))),
+                inlier_fraction=float(np.count_nonzero((w_rob > 0) & sel_struct)) / n_struct,
+                agreement=_agreement(Fv_g[ok_g], Fw_g[ok_g]),
+                agreement_identity=_agreement(Fv_g, Fi.reshape(-1, 2)[g_idx]),
+            )
+            if Hs is not None:
+                ev_h = np.linalg.eigvalsh(Hs)
+                stats["condition"] = float(ev_h[0] / ev_h[-1]) if ev_h[-1] > 0 else 0.0
+            else:
+                stats["condition"] = 0.0
+
+    est = np.linalg.inv(A_full)
+    est /= est[2, 2]
+    corr = correction_px(est, size)
+    work_size = pyr[0][0].shape[::-1]
+    kw = dict(iterations=iterations, work_size=work_size)
+    if not stats:
+        return refuse(f"correction beyond max_shift_px ({corr.max_px:.1f} > {max_shift_px:g} px)", est=est, **kw)
+    kw.update(structure_fraction=stats["structure_fraction"], inlier_fraction=stats["inlier_fraction"],
+              agreement=stats["agreement"], agreement_identity=stats["agreement_identity"], condition=stats["condition"])
+    conf = (max(0.0, stats["agreement"]) * stats["inlier_fraction"] * (1 - math.exp(-stats["structure_fraction"] / 0.05))
+            * (1 - math.exp(-stats["condition"] / 0.05)))
+    conf = float(min(1.0, max(0.0, conf)))
+    if stats["structure_fraction"] < min_structure:
+        return refuse(f"too little shared structure ({100 * stats['structure_fraction']:.1f} % of pixels)", est=est, **kw)
+    if stats["condition"] < min_condition:
+        return refuse(f"ill-conditioned: aperture problem (condition {stats['condition']:.3g})", est=est,
+                      confidence=conf, **kw)
+    if corr.max_px >= max_shift_px:
+        return refuse(f"correction at the bound ({corr.max_px:.1f} >= max_shift_px {max_shift_px:g})", est=est,
+                      confidence=conf, **kw)
+    if not stats["converged"]:
+        return refuse(f"did not converge in {max_iterations} steps at the finest level", est=est, confidence=conf, **kw)
+    if stats["inlier_fraction"] < min_inliers:
+        return refuse(f"too few inliers ({100 * stats['inlier_fraction']:.0f} %)", est=est, confidence=conf, **kw)
+    if corr.max_px > free_px and stats["agreement"] < stats["agreement_identity"] + min_gain:
+        return refuse(f"no agreement gain over identity ({stats['agreement']:.3f} vs {stats['agreement_identity']:.3f})",
+                      est=est, confidence=conf, **kw)
+    return RefineResult(est, True, conf, "", est, corr, model, **kw)
+
+
+# --------------------------------------------------------------------------- over a drive
+def _displacements(H: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(N, 5, 2)`` displacements of the centre and corners under each of ``H (N, 3, 3)``."""
+    pts = _corner_points(size)
+    p = np.einsum("nij,kj->nki", H[:, :2, :2], pts) + H[:, None, :2, 2]
+    z = np.einsum("nj,kj->nk", H[:, 2, :2], pts) + H[:, None, 2, 2]
+    return p / z[..., None] - pts
+
+
+def _affine_from_displacements(d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Least-squares affine ``(N, 3, 3)`` moving the centre and corners by ``d (N, 5, 2)``."""
+    pts = _corner_points(size)
+    X = np.c_[pts, np.ones(len(pts))]  # (5, 3)
+    pinv = np.linalg.pinv(X)  # (3, 5)
+    M = np.einsum("jk,nkc->njc", pinv, pts[None] + d)  # (N, 3, 2): X @ M = target
+    out = np.zeros((len(d), 3, 3))
+    out[:, :2, :] = np.transpose(M, (0, 2, 1))
+    out[:, 2, 2] = 1.0
+    return out
+
+
+def _as_stack(H) -> np.ndarray:
+    H = np.asarray(H, np.float64)
+    if H.ndim != 3 or H.shape[1:] != (3, 3):
+        raise ValueError(f"expected a sequence of 3x3 corrections, got shape {H.shape}")
+    return H / H[:, 2:3, 2:3]
+
+
+def _times(times, n: int) -> np.ndarray:
+    t = np.arange(n, dtype=np.float64) if times is None else np.asarray(times, np.float64)
+    if t.shape != (n,):
+        raise ValueError(f"times has shape {t.shape}, expected ({n},)")
+    if n > 1 and np.any(np.diff(t) < 0):
+        raise ValueError("times must be non-decreasing")
+    return t
+
+
+def smooth_corrections(
+    H,
+    accepted,
+    *,
+    size: tuple[int, int],
+    times=None,
+    confidence=None,
+    sigma: float = 15.0,
+    iterations: int = 3,
+    outlier_px: float = 0.5,
+) -> np.ndarray:
+    """Robust temporal smoothing of per-frame corrections: a single frame cannot jump, refused frames are filled.
+
+    Each correction is represented by the displacements of the image centre and corners (px, so every parameter
+    is weighed by what it does to the image). For every frame, a locally linear trend is fitted to the accepted
+    frames around it (Gaussian kernel of ``sigma`` in the units of ``times``, weighted by ``confidence``), and
+    refitted ``iterations`` times with Tukey weights on each frame's residual (robust LOWESS, Cleveland 1979):
+    an isolated jump gets weight zero, a slow drift is followed without lag (the local fit is linear).
+    Refused frames take the trend of their accepted neighbours (interpolated across gaps); frames with no
+    accepted frame within ``4 sigma`` take the nearest smoothed value, and with no accepted frame at all identity.
+
+    Args:
+        H: ``(N, 3, 3)`` per-frame corrections (LWIR px -> visible px), e.g. ``RefineResult.H`` or ``.estimate``.
+        accepted: ``(N,)`` bool, which of them to trust.
+        size: ``(w, h)`` of the images the corrections act on.
+        times: ``(N,)`` non-decreasing frame times (default: frame index).
+        confidence: ``(N,)`` optional weights 0..1 (e.g. ``RefineResult.confidence``).
+        sigma: kernel width, in the units of ``times``.
+        iterations: robust refits.
+        outlier_px: floor of the robust residual scale, px (residuals below ~4.7x this always count).
+
+    Returns:
+        ``(N, 3, 3)`` smoothed affine corrections.
+
+    Example:
+        >>> Hs = smooth_corrections([r.H for r in results], [r.accepted for r in results], size=(800, 600),
+        ...                         confidence=[r.confidence for r in results])
+    """
+    Hs = _as_stack(H)
+    n = len(Hs)
+    acc = np.asarray(accepted, bool)
+    if acc.shape != (n,):
+        raise ValueError(f"accepted has shape {acc.shape}, expected ({n},)")
+    t = _times(times, n)
+    conf = np.ones(n) if confidence is None else np.clip(np.asarray(confidence, np.float64), 0.0, 1.0)
+    if conf.shape != (n,):
+        raise ValueError(f"confidence has shape {conf.shape}, expected ({n},)")
+    if sigma <= 0:
+        raise ValueError("sigma must be > 0")
+    if n == 0:
+        return Hs.copy()
+    use = acc & (conf > 0)
+    if not use.any():
+        return np.repeat(np.eye(3)[None], n, axis=0)
+    d_all = _displacements(Hs, size).reshape(n, -1)  # (N, 10)
+    ti, di, ci = t[use], d_all[use], conf[use]
+    rob = np.ones(len(ti))
+    half = 4.0 * sigma
+
+    def fit(at: np.ndarray, rob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = np.zeros((len(at), di.shape[1]))
+        have = np.zeros(len(at), bool)
+        lo = np.searchsorted(ti, at - half, "left")
+        hi = np.searchsorted(ti, at + half, "right")
+        for k, (a, b) in enumerate(zip(lo, hi)):
+            if b <= a:
+                continue
+            dt = ti[a:b] - at[k]
+            w = np.exp(-0.5 * (dt / sigma) ** 2) * ci[a:b] * rob[a:b]
+            sw = w.sum()
+            if sw <= 1e-12:
+                continue
+            m = (w @ dt) / sw
+            var = (w @ ((dt - m) ** 2)) / sw
+            mean = (w @ di[a:b]) / sw
+            if var > 1e-3 * sigma * sigma and np.count_nonzero(w > 1e-6 * w.max()) >= 3:
+                slope = (w * (dt - m)) @ (di[a:b] - mean) / (sw * var)
+                out[k] = mean - slope * m  # the local line at dt = 0
+            else:
+                out[k] = mean
+            have[k] = True
+        return out, have
+
+    for _ in range(max(0, iterations)):
+        fitted, have = fit(ti, rob)
+        r = (di - fitted).reshape(len(ti), -1, 2)
+        res = np.sqrt((r * r).sum(-1)).max(-1)  # worst point of the image, px
+        res[~have] = 0.0
+        scale = max(outlier_px, 1.4826 * float(np.median(res)))
+        rob = _tukey(res, _TUKEY_C * scale)
+        if not rob.any():
+            rob = np.ones(len(ti))
+            break
+    out, have = fit(t, rob)
+    if not have.all():  # far from any accepted frame: the nearest smoothed value
+        idx = np.flatnonzero(have)
+        if idx.size == 0:
+            return np.repeat(np.eye(3)[None], n, axis=0)
+        for k in np.flatnonzero(~have):
+            out[k] = out[idx[np.argmin(np.abs(t[idx] - t[k]))]]
+    return _affine_from_displacements(out.reshape(n, -1, 2), size)
+
+
+def detect_drift(
+    H,
+    accepted,
+    *,
+    size: tuple[int, int],
+    times=None,
+    min_growth_px: float = 2.0,
+    min_frames: int = 10,
+    max_samples: int = 400,
+) -> DriftReport:
+    """Does the correction keep growing over a drive? ("calibration drift: recalibrate").
+
+    A robust straight line (Theil-Sen, median of pairwise slopes) is fitted over time to each coordinate of the
+    centre and corner displacements of the accepted corrections; the drive drifts when the line's change from
+    the first to the last accepted frame reaches ``min_growth_px`` somewhere in the image and the slope's 95 %
+    interval excludes zero. A constant offset (the calibration is off but stable), vibration about a constant
+    and isolated outliers do not count.
+
+    Args:
+        H: ``(N, 3, 3)`` per-frame corrections (raw estimates or :func:`smooth_corrections` output).
+        accepted: ``(N,)`` bool, which of them to use.
+        size: ``(w, h)`` of the images the corrections act on.
+        times: ``(N,)`` frame times (default: frame index); ``rate_px_per_unit`` is in their unit.
+        min_growth_px: growth that counts as drift, px.
+        min_frames: fewer accepted frames than this: no verdict (not drifting).
+        max_samples: the fit uses at most this many frames (evenly spaced), to bound its cost.
+
+    Returns:
+        :class:`DriftReport`.
+    """
+    from scipy.stats import theilslopes
+
+    Hs = _as_stack(H)
+    n = len(Hs)
+    acc = np.asarray(accepted, bool)
+    if acc.shape != (n,):
+        raise ValueError(f"accepted has shape {acc.shape}, expected ({n},)")
+    t = _times(times, n)
+    idx = np.flatnonzero(acc)
+    if idx.size < min_frames:
+        return DriftReport(False, 0.0, 0.0, 0.0, int(idx.size), f"too few accepted frames ({idx.size}) to judge drift")
+    if idx.size > max_samples:
+        idx = idx[np.round(np.linspace(0, idx.size - 1, max_samples)).astype(np.int64)]
+    d = _displacements(Hs[idx], size)  # (M, 5, 2)
+    tt = t[idx]
+    span = float(tt[-1] - tt[0])
+    level = float(np.median(np.hypot(d[..., 0], d[..., 1]).max(axis=1)))
+    if span <= 0:
+        return DriftReport(False, 0.0, 0.0, level, int(idx.size), "no time span to judge drift")
+    slopes = np.zeros((5, 2))
+    significant = np.zeros((5, 2), bool)
+    for p in range(5):
+        for c in range(2):
+            y = d[:, p, c]
+            if np.ptp(y) < 1e-9:
+                continue
+            res = theilslopes(y, tt)
+            slopes[p, c] = res.slope
+            significant[p, c] = res.low_slope > 0 or res.high_slope < 0
+    growth_pt = np.hypot(slopes[:, 0], slopes[:, 1]) * span
+    p = int(np.argmax(growth_pt))
+    growth = float(growth_pt[p])
+    drifting = bool(growth >= min_growth_px and significant[p].any())
+    msg = ("calibration drift: recalibrate" if drifting else
+           f"stable: correction {level:.1f} px (median), trend {growth:.1f} px over the drive")
+    return DriftReport(drifting, growth, growth / span, level, int(idx.size), msg)

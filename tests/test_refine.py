@@ -1,0 +1,260 @@
+"""Targetless refinement (rig.registration.refine): recovery, refusals, robustness, smoothing and drift.
+
+Pairs come from the simulator (perfectly registered visible/LWIR), never from ../shared data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from rig.registration.refine import (RefineResult, correction_px, detect_drift, grid_error_px, refine_alignment,
+                                     smooth_corrections)
+from rig.sim import render_registered
+
+SIZE = (400, 300)
+
+
+def similarity(size, t=(0.0, 0.0), rot_deg=0.0, scale=1.0) -> np.ndarray:
+    """Similarity about the image centre."""
+    w, h = size
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    a = math.radians(rot_deg)
+    L = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    P = np.eye(3)
+    P[:2, :2] = L
+    P[:2, 2] = c + np.asarray(t) - L @ c
+    return P
+
+
+def warp(img: np.ndarray, P: np.ndarray) -> np.ndarray:
+    return cv2.warpPerspective(img, P, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR)
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    s = render_registered(seed=3, variant="day", size=SIZE)
+    return cv2.cvtColor(s.visible, cv2.COLOR_RGB2GRAY), s.lwir8
+
+
+@pytest.fixture(scope="module")
+def base(pair) -> RefineResult:
+    return refine_alignment(*pair)
+
+
+def test_untouched_pair_stays_near_identity(pair, base):
+    """(b) A registered pair: accepted, correction small (cross-modal content bias only, no shift of the scene)."""
+    assert base.accepted, base.reason
+    assert base.H.shape == (3, 3) and base.H.dtype == np.float64
+    assert abs(base.correction.centre[0]) < 0.3 and abs(base.correction.centre[1]) < 0.3
+    assert base.correction.max_px < 1.0
+    assert 0.0 < base.confidence <= 1.0
+    assert base.reason == ""
+
+
+def test_identical_images_give_exact_identity(pair):
+    """The estimator itself is unbiased: the same image (or its negative) on both sides gives identity."""
+    vis, _ = pair
+    for other in (vis, 255 - vis):
+        r = refine_alignment(vis, other)
+        assert r.accepted and r.correction.max_px < 0.01
+
+
+def test_recovers_known_similarity(pair, base):
+    """(a) A known similarity applied to the LWIR image is undone: H1 = H0 @ inv(P) to < 0.3 px over the grid."""
+    vis, ir = pair
+    P = similarity(SIZE, t=(4.0, -3.0), rot_deg=0.5, scale=1.01)
+    r = refine_alignment(vis, warp(ir, P))
+    assert r.accepted, r.reason
+    err = grid_error_px(r.H, base.estimate @ np.linalg.inv(P), SIZE)
+    assert err.max() < 0.3, err.max()
+    assert grid_error_px(r.H, np.linalg.inv(P), SIZE).max() < 1.0  # against the truth (includes the content bias)
+    assert r.correction.rotation_deg == pytest.approx(-0.5, abs=0.05)
+    assert r.correction.scale == pytest.approx(1 / 1.01, abs=0.002)
+
+
+def test_recovers_known_affine(pair, base):
+    vis, ir = pair
+    P = similarity(SIZE, t=(-2.0, 2.5))
+    P[0, 1] += 0.006  # a little shear
+    P[0, 2] -= 0.006 * (SIZE[1] - 1) / 2
+    r = refine_alignment(vis, warp(ir, P), model="affine")
+    r0 = refine_alignment(vis, ir, model="affine")
+    assert r.accepted and r0.accepted, (r.reason, r0.reason)
+    assert grid_error_px(r.H, r0.estimate @ np.linalg.inv(P), SIZE).max() < 0.5  # 6 parameters: looser
+
+
+def test_inverted_lwir_polarity(pair, base):
+    """(c) Black-hot LWIR (intensity inverted) gives the same correction."""
+    vis, ir = pair
+    P = similarity(SIZE, t=(-3.0, 2.0), rot_deg=-0.3, scale=0.995)
+    r = refine_alignment(vis, 255 - warp(ir, P))
+    assert r.accepted, r.reason
+    assert grid_error_px(r.H, base.estimate @ np.linalg.inv(P), SIZE).max() < 0.3
+
+
+@pytest.mark.parametrize("scene", ["black night", "sky", "fog", "flat"])
+def test_refuses_without_shared_structure(pair, scene):
+    """(d) No shared structure: refused, identity returned, with a reason."""
+    vis, ir = pair
+    rng = np.random.default_rng(0)
+    h, w = vis.shape
+    noise = rng.normal(0, 2.0, vis.shape)
+    if scene == "black night":
+        v = vis * 0.02 + 3 + noise
+    elif scene == "sky":
+        yy = np.linspace(0, 1, h)[:, None] * np.ones((1, w))
+        v, ir = 180 + 30 * yy + noise, 20 + 10 * yy + rng.normal(0, 2.0, vis.shape)
+    elif scene == "fog":
+        v = 200 + 0.03 * (vis - vis.mean()) + noise
+    else:
+        v = np.full(vis.shape, 128.0) + noise
+    v = np.clip(v, 0, 255).astype(np.uint8)
+    ir = np.clip(ir, 0, 255).astype(np.uint8)
+    r = refine_alignment(v, ir)
+    assert not r.accepted
+    assert np.array_equal(r.H, np.eye(3))
+    assert r.reason
+    assert r.confidence < 0.2
+
+
+def test_refuses_aperture_problem():
+    """Only horizontal edges: horizontal shift is unconstrained -> refused as ill-conditioned."""
+    h, w = SIZE[1], SIZE[0]
+    rng = np.random.default_rng(1)
+    rows = np.cumsum(rng.integers(6, 20, 40))
+    v = np.zeros((h, w), np.float64)
+    for i, y in enumerate(rows[rows < h]):
+        v[y:, :] += 40 if i % 2 == 0 else -40
+    v = np.clip(v + 100 + rng.normal(0, 1, v.shape), 0, 255).astype(np.uint8)
+    ir = np.clip(255 - v.astype(np.int16) + rng.normal(0, 1, v.shape), 0, 255).astype(np.uint8)
+    r = refine_alignment(v, ir)
+    assert not r.accepted
+    assert "ill-conditioned" in r.reason or "aperture" in r.reason
+
+
+def test_parallax_object_is_ignored(pair, base):
+    """(e) An object off the working plane (pasted with 8 px of parallax in LWIR) does not move the estimate."""
+    vis, ir = pair
+    rng = np.random.default_rng(2)
+    tex = (rng.random((12, 16)) > 0.5).astype(np.float32)
+    tex = cv2.resize(tex, (96, 72), interpolation=cv2.INTER_NEAREST)  # a blocky, high-contrast near object
+    v2, i2 = vis.copy(), ir.copy()
+    y0, x0 = 150, 60
+    v2[y0:y0 + 72, x0:x0 + 96] = (40 + 180 * tex).astype(np.uint8)
+    i2[y0:y0 + 72, x0 + 8:x0 + 8 + 96] = (230 - 200 * tex).astype(np.uint8)  # hot where dark, 8 px parallax
+    r = refine_alignment(v2, i2)
+    assert r.accepted, r.reason
+    # The object's 8 px are rejected: the estimate moves by < 10 % of it (the content change alone moves ~0.4 px).
+    assert grid_error_px(r.H, base.estimate, SIZE).max() < 0.8
+    assert abs(r.correction.centre[0] - base.correction.centre[0]) < 0.3
+
+
+def test_beyond_max_shift_is_refused_not_clamped(pair):
+    """(f) A correction beyond max_shift_px is refused (identity, with a reason), never a clamped guess."""
+    vis, ir = pair
+    r = refine_alignment(vis, warp(ir, similarity(SIZE, t=(12.0, 0.0))), max_shift_px=8.0)
+    assert not r.accepted
+    assert np.array_equal(r.H, np.eye(3))
+    assert "max_shift_px" in r.reason
+    ok = refine_alignment(vis, warp(ir, similarity(SIZE, t=(12.0, 0.0))), max_shift_px=20.0)
+    assert ok.accepted and ok.correction.centre[0] == pytest.approx(-12.0, abs=0.5)
+
+
+def test_input_validation(pair):
+    vis, ir = pair
+    with pytest.raises(ValueError):
+        refine_alignment(vis, ir[:-1])
+    with pytest.raises(ValueError):
+        refine_alignment(np.dstack([vis] * 3), ir)
+    with pytest.raises(ValueError):
+        refine_alignment(vis, ir, model="projective")
+
+
+def test_pure_function(pair):
+    vis, ir = pair
+    v0, i0 = vis.copy(), ir.copy()
+    a, b = refine_alignment(vis, ir), refine_alignment(vis, ir)
+    assert np.array_equal(vis, v0) and np.array_equal(ir, i0)
+    assert np.array_equal(a.H, b.H) and a.confidence == b.confidence
+    d = a.as_dict()
+    assert set(d) >= {"accepted", "confidence", "H", "correction", "reason"}
+
+
+def test_correction_px():
+    H = similarity((800, 600), t=(2.0, -1.0), rot_deg=0.5, scale=1.01)
+    c = correction_px(H, (800, 600))
+    assert c.centre == pytest.approx((2.0, -1.0), abs=1e-9)
+    assert c.rotation_deg == pytest.approx(0.5, abs=1e-9)
+    assert c.scale == pytest.approx(1.01, abs=1e-9)
+    assert c.corners.shape == (4, 2)
+    assert c.max_px == pytest.approx(float(np.hypot(*c.corners.T).max()), abs=1e-9)
+    assert correction_px(np.eye(3), (800, 600)).max_px == 0.0
+
+
+# --------------------------------------------------------------------------- over a drive
+def shifts_to_H(dx: np.ndarray, dy: np.ndarray | None = None) -> np.ndarray:
+    H = np.repeat(np.eye(3)[None], len(dx), axis=0)
+    H[:, 0, 2] = dx
+    H[:, 1, 2] = 0.0 if dy is None else dy
+    return H
+
+
+def test_smoother_removes_single_frame_jump():
+    """(g) A single-frame jump is removed; a refused frame takes its neighbours' value."""
+    n = 60
+    rng = np.random.default_rng(3)
+    dx = 2.0 + rng.normal(0, 0.05, n)
+    dx[30] = 10.0  # one bad (but accepted) frame
+    acc = np.ones(n, bool)
+    acc[40] = False  # a refused frame (its H is identity)
+    H = shifts_to_H(dx)
+    H[40] = np.eye(3)
+    S = smooth_corrections(H, acc, size=(800, 600), sigma=5.0)
+    assert S.shape == (n, 3, 3)
+    assert abs(S[30, 0, 2] - 2.0) < 0.1
+    assert abs(S[40, 0, 2] - 2.0) < 0.1
+    assert np.abs(S[:, 0, 2] - 2.0).max() < 0.15
+    assert np.abs(np.diff(S[:, 0, 2])).max() < 0.1  # no frame jumps
+
+
+def test_smoother_follows_slow_drift():
+    """(g) A slow drift (0 -> 6 px and 0.5 deg over the drive) is followed without lag."""
+    n = 300
+    rng = np.random.default_rng(4)
+    t = np.arange(n) / 30.0
+    drift = np.linspace(0.0, 6.0, n)
+    H = np.stack([similarity((800, 600), t=(d + rng.normal(0, 0.2), 0.0), rot_deg=d / 12) for d in drift])
+    acc = rng.random(n) > 0.2
+    S = smooth_corrections(H, acc, size=(800, 600), times=t, sigma=0.5)
+    truth = np.stack([similarity((800, 600), t=(d, 0.0), rot_deg=d / 12) for d in drift])
+    err = np.array([grid_error_px(a, b, (800, 600), step=100).max() for a, b in zip(S, truth)])
+    assert err.max() < 0.3, err.max()
+
+
+def test_smoother_edge_cases():
+    assert np.allclose(smooth_corrections(shifts_to_H(np.ones(5)), np.zeros(5, bool), size=(800, 600)), np.eye(3))
+    with pytest.raises(ValueError):
+        smooth_corrections(np.eye(3), [True], size=(800, 600))
+
+
+def test_drift_detector():
+    """(h) Fires on a correction that keeps growing, not on a constant one, vibration or an isolated outlier."""
+    n = 400
+    rng = np.random.default_rng(5)
+    acc = np.ones(n, bool)
+    growing = shifts_to_H(np.linspace(0.0, 5.0, n) + rng.normal(0, 0.3, n))
+    rep = detect_drift(growing, acc, size=(800, 600))
+    assert rep.drifting and rep.message == "calibration drift: recalibrate"
+    assert rep.growth_px == pytest.approx(5.0, abs=0.5)
+    const = shifts_to_H(np.full(n, 6.0) + rng.normal(0, 0.3, n), np.full(n, -2.0))
+    const[100] = shifts_to_H(np.array([20.0]))[0]
+    rep = detect_drift(const, acc, size=(800, 600))
+    assert not rep.drifting and rep.growth_px < 1.0
+    assert rep.level_px == pytest.approx(math.hypot(6.0, 2.0), abs=0.5)
+    vib = shifts_to_H(1.5 * np.sin(np.arange(n) / 3.0))
+    assert not detect_drift(vib, acc, size=(800, 600)).drifting
+    assert not detect_drift(growing[:5], acc[:5], size=(800, 600)).drifting  # too few frames: no verdict
