@@ -32,26 +32,54 @@ def bundled_weights_path() -> Path:
 
 
 def resolve_device(device: str | None = None) -> "torch.device":  # noqa: F821
-    """``None``/``"auto"`` -> CUDA when present, else CPU; otherwise ``torch.device(device)``."""
+    """``None``/``"auto"`` -> CUDA when present, else CPU; otherwise ``torch.device(device)``, checked.
+
+    A device that this machine lacks (``cuda`` without CUDA, ``cuda:3`` on a
+    2-GPU machine, ``mps`` off Apple silicon) is a one-line :class:`RigError`,
+    raised before any model or data is touched.
+    """
     import torch
 
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
-        raise RigError(f"invalid device: {exc}", key="device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RigError("CUDA was requested but no CUDA device is available", key="device")
+    except (RuntimeError, TypeError):
+        raise RigError(f"invalid device {device!r}; use cpu, cuda, cuda:N or mps", key="device") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise RigError(f"{device!r} was requested but no CUDA device is available (torch {torch.__version__}, "
+                           f"{build}); use --device cpu", key="device")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise RigError(f"{device!r} was requested but this machine has {count} CUDA device(s) "
+                           f"(cuda:0..cuda:{count - 1})", key="device")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise RigError(f"{device!r} was requested but the Apple MPS backend is not available on this machine; "
+                           "use --device cpu", key="device")
+        return dev
+    backend = getattr(torch, dev.type, None)
+    if backend is None or not getattr(backend, "is_available", lambda: False)():
+        raise RigError(f"{device!r} was requested but torch has no available {dev.type} backend here; "
+                       "use cpu, cuda or mps", key="device")
     return dev
 
 
 def load_model(path: str | Path | None = None, device: str | None = "cpu"):
-    """Load a SegMiF checkpoint (default: the bundled weights) in eval mode on ``device``."""
+    """Load a SegMiF checkpoint (default: the bundled weights) in eval mode on ``device``.
+
+    The device is checked first, so a missing GPU fails before the weights are read.
+    """
     from rig.model.checkpoint import model_from_checkpoint
 
+    dev = resolve_device(device)
     path = bundled_weights_path() if path is None else Path(path)
-    return model_from_checkpoint(path).to(resolve_device(device))
+    return model_from_checkpoint(path).to(dev)
 
 
 def check_pair(visible: np.ndarray, lwir: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:

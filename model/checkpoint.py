@@ -14,6 +14,8 @@ Every problem (missing file, corrupt file, foreign file, mismatched weights) is 
 from __future__ import annotations
 
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +55,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip errors, unpickling errors, truncated files, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RigError(f"not a readable PyTorch checkpoint (corrupt or truncated?): {reason[:200]}", path=path) from None
+        raise RigError(_unreadable_reason(path, exc), path=path) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise RigError(f"not a SegMiF checkpoint (expected format {CHECKPOINT_FORMAT!r})", path=path, key="format")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -64,6 +65,23 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         if not isinstance(payload.get(key), dict):
             raise RigError("missing or malformed entry", path=path, key=key)
     return payload
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """One complete sentence on why ``torch.load`` failed (torch's own messages run to paragraphs)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80":  # torch.save's zip archive, or its legacy pickle format
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if unsafe:
+            return (f"PyTorch file holds a Python object ({unsafe.group(1)}), not only weights; "
+                    "rig loads checkpoints with weights_only=True and refuses it")
+        return (f"a PyTorch file that cannot be loaded ({type(exc).__name__}): corrupt, truncated or written by "
+                "another program")
+    if head.startswith(b"PK"):
+        return "corrupt or truncated PyTorch checkpoint (its zip archive is incomplete)"
+    return ("not a PyTorch checkpoint: expected a file written by torch.save, such as rig train's OUT/final.pt "
+            "or its --export file")
 
 
 def _listed(keys: list[str]) -> str:

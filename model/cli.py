@@ -21,62 +21,88 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help once, and only where the default says something.
+
+    Left out: positionals, ``None``/``False``/empty defaults (flags, required
+    or repeatable options) and help texts that already describe their default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "(default" in text or "%(default)" in text or default is argparse.SUPPRESS
+                or default is None or default is False or default == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train SegMiF (interactive fusion + segmentation training)",
         description="Train SegMiF with the paper's alternating scheme: per round, segmentation iterations on the "
                     "fused images, then fusion iterations with dynamically weighted fusion + segmentation losses. "
                     "Multi-GPU: torchrun --nproc_per_node=N -m rig.cli train ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, simulator cache)")
+        formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, logs, simulator cache)")
     p.add_argument("--model", default="cpu", help="model config: cpu, paper, segmif_b0..segmif_b5, tiny")
-    p.add_argument("--classes", default="fmb", choices=("fmb", "mfnet"), help="class set")
+    p.add_argument("--classes", default="fmb", choices=("fmb", "mfnet"), help="class set: fmb (15) or mfnet (9)")
     p.add_argument("--data", action="append", default=[], metavar="ROOT",
                    help="labelled dataset (FMB, MSRS, MFNet layout or the rig's registered output); repeatable")
     p.add_argument("--unlabelled", action="append", default=[], metavar="ROOT",
                    help="unlabelled pairs, used in fusion iterations only (e.g. RoadScene); repeatable")
     p.add_argument("--split", default="train", help="split sub-folder of the datasets")
     p.add_argument("--sim", type=int, default=0, metavar="N", help="add N labelled simulator scenes")
-    p.add_argument("--sim-size", type=_size, default=(400, 300), metavar="WxH", help="simulator render size")
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--seg-iters", type=int, default=10_000, help="segmentation iterations per round")
-    p.add_argument("--fusion-iters", type=int, default=5_000, help="fusion iterations per round")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, default=360, help="random crop size")
-    p.add_argument("--seg-lr", type=float, default=8e-5)
-    p.add_argument("--seg-warmup-iters", type=int, default=3_000)
-    p.add_argument("--fusion-lr", type=float, default=1e-4)
-    p.add_argument("--grad-weight", type=float, default=100.0, help="η of the gradient term in L_f")
-    p.add_argument("--dwa-window", type=int, default=50, help="fusion iterations per dynamic-weight update")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--sim-size", type=_size, default="400x300", metavar="WxH", help="simulator render size")
+    p.add_argument("--rounds", type=int, default=8, metavar="N",
+                   help="interactive rounds (each: segmentation, then fusion iterations)")
+    p.add_argument("--seg-iters", type=int, default=10_000, metavar="N", help="segmentation iterations per round")
+    p.add_argument("--fusion-iters", type=int, default=5_000, metavar="N", help="fusion iterations per round")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="pairs per batch (per process)")
+    p.add_argument("--crop", type=int, default=360, metavar="PX", help="random square crop size")
+    p.add_argument("--seg-lr", type=float, default=8e-5, metavar="LR",
+                   help="segmentation learning rate (Adam, poly decay after the warm-up)")
+    p.add_argument("--seg-warmup-iters", type=int, default=3_000, metavar="N",
+                   help="segmentation iterations of linear learning-rate warmup")
+    p.add_argument("--fusion-lr", type=float, default=1e-4, metavar="LR",
+                   help="fusion learning rate (Adam, poly decay)")
+    p.add_argument("--grad-weight", type=float, default=100.0, metavar="ETA", help="η of the gradient term in L_f")
+    p.add_argument("--dwa-window", type=int, default=50, metavar="N",
+                   help="fusion iterations per dynamic-weight update")
+    p.add_argument("--seed", type=int, default=0, help="random seed (initial weights, data order, crops)")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="data loader worker processes")
+    p.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads; 0 lets torch choose")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--checkpoint-every", type=int, default=200, metavar="N",
+                   help="iterations between OUT/last.pt saves")
+    p.add_argument("--log-every", type=int, default=10, metavar="N", help="iterations between log lines")
     p.add_argument("--init", default=None, metavar="CKPT", help="start from these weights")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--export", default=None, metavar="PATH", help="also write the final weights (no training state) here")
+    p.add_argument("--export", default=None, metavar="PATH",
+                   help="also write the final weights (no training state) here")
     p.set_defaults(handler=run_train)
 
     e = subparsers.add_parser(
         "eval", help="evaluate SegMiF: segmentation mAcc/mIoU and fusion EN/SD/SF/SCD/MI/Qabf",
         description="Evaluate a model on a dataset. Segmentation metrics need labels; fusion metrics are compared "
                     "with averaging and max-selection baselines on the same pairs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    e.add_argument("--weights", default=None, help="checkpoint (default: the bundled weights)")
+        formatter_class=DefaultsHelpFormatter)
+    e.add_argument("--weights", default=None, metavar="CKPT",
+                   help="checkpoint to evaluate (default: the bundled weights)")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="ROOT", help="dataset root (FMB, MSRS, MFNet, rig output or visible/+infrared/)")
     src.add_argument("--sim", type=int, metavar="N", help="evaluate on N held-out simulator scenes")
     e.add_argument("--split", default="test", help="split sub-folder")
-    e.add_argument("--layout", default="auto", help="auto, fmb, msrs, mfnet, roadscene")
-    e.add_argument("--sim-size", type=_size, default=(800, 600), metavar="WxH")
-    e.add_argument("--sim-seed", type=int, default=1_000_000, help="first seed of held-out simulator scenes")
-    e.add_argument("--sim-cache", default=None, help="where to render simulator scenes (default: a temp dir)")
-    e.add_argument("--limit", type=int, default=0, help="evaluate at most N pairs")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    e.add_argument("--layout", default="auto", help="dataset layout: auto, fmb, msrs, mfnet, roadscene")
+    e.add_argument("--sim-size", type=_size, default="800x600", metavar="WxH", help="simulator render size")
+    e.add_argument("--sim-seed", type=int, default=1_000_000, metavar="SEED",
+                   help="first seed of the held-out simulator scenes")
+    e.add_argument("--sim-cache", default=None, metavar="DIR",
+                   help="where to render simulator scenes (default: a temporary folder)")
+    e.add_argument("--limit", type=int, default=0, metavar="N", help="evaluate at most N pairs; 0: all")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    e.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="fp32, or bf16 autocast")
+    e.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads; 0 lets torch choose")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     e.set_defaults(handler=run_eval)
 

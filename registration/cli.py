@@ -22,9 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     reg.set_defaults(handler=lambda a: run(a, fuse=False))
     fuse = sub.add_parser("register-and-fuse", help="register, then SegMiF fuse + segment every pair")
     _common(fuse)
-    fuse.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    fuse.add_argument("--model", type=Path, help="SegMiF checkpoint (default: the bundled CPU weights)")
-    fuse.add_argument("--batch", type=int, default=2, help="pairs per model batch")
+    fuse.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    fuse.add_argument("--model", type=Path, help="SegMiF checkpoint (default: the bundled CPU weights); "
+                                                 "manifest.yaml records its sha256")
+    fuse.add_argument("--batch", type=int, default=2, help="pairs per model batch (default 2)")
     fuse.set_defaults(handler=lambda a: run(a, fuse=True))
 
 

@@ -3,8 +3,8 @@
 Layout::
 
     OUT/
-      manifest.yaml        what produced it (session, calibration hash, model version,
-                           crop, infrared normalisation, counts, status)
+      manifest.yaml        what produced it (session, calibration hash, model weights
+                           file and sha256, crop, infrared normalisation, counts, status)
       frames.jsonl         one line per finished frame: index -> source frame ids and timestamps
       Visible/NNNNNN.png   8-bit RGB, undistorted, cropped, resized
       Infrared/NNNNNN.png  8-bit: linear map of the session-wide [lo, hi] counts (manifest
@@ -15,7 +15,9 @@ Layout::
 
 A frame's files are written under temporary names and renamed into place, and
 only then is its line appended to ``frames.jsonl``: a killed run loses at most
-the frames in flight, and a rerun skips every frame listed.
+the frames in flight, and a rerun skips every frame listed. Lines are appended
+in frame order (increasing ``index``); opening and closing the folder rewrite
+the log sorted, without the torn last line a killed run may leave.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class OutputDataset:
                 self._clear()
             else:
                 self.manifest = old
+                self._rewrite_log()
                 done = self.completed()
         elif self.root.exists() and any(self.root.iterdir()):
             if not force:
@@ -111,31 +114,46 @@ class OutputDataset:
     def _clear(self) -> None:
         for d in REGISTER_DIRS + FUSE_DIRS + ("contact_sheet",):
             shutil.rmtree(self.root / d, ignore_errors=True)
-        for f in ("manifest.yaml", "frames.jsonl", "contact_sheet.html"):
+        for f in ("manifest.yaml", "frames.jsonl", "frames.jsonl.tmp", "contact_sheet.html"):
             (self.root / f).unlink(missing_ok=True)
         self.manifest = {}
 
     def completed(self) -> set[int]:
-        path = self.root / "frames.jsonl"
-        done = set()
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    done.add(int(json.loads(line)["index"]))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line from a killed run
-        return done
+        """Indices of the frames listed in ``frames.jsonl``."""
+        return {int(r["index"]) for r in self.frames()}
 
     def frames(self) -> list[dict]:
-        out = []
+        """The valid ``frames.jsonl`` entries, one per index, sorted by index (torn lines skipped)."""
         path = self.root / "frames.jsonl"
+        by_index: dict[int, dict] = {}
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-        return sorted(out, key=lambda r: r["index"])
+                    entry = json.loads(line)
+                    by_index[int(entry["index"])] = entry
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line from a killed run
+        return [by_index[i] for i in sorted(by_index)]
+
+    def _rewrite_log(self) -> None:
+        """Rewrite ``frames.jsonl`` as :meth:`frames` reads it (sorted, torn lines dropped), atomically.
+
+        Nothing is written when the log is already clean (the usual case). If the
+        disk is full the log is left as it is: still valid, and the next open
+        cleans it.
+        """
+        path = self.root / "frames.jsonl"
+        if not path.exists():
+            return
+        clean = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in self.frames())
+        if path.read_text(encoding="utf-8") == clean:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(clean, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
     # -- writing ------------------------------------------------------------
     def log_frame(self, entry: dict) -> None:
@@ -152,6 +170,8 @@ class OutputDataset:
         os.replace(tmp, self.root / "manifest.yaml")
 
     def close(self) -> None:
+        """Close the frame log and leave it sorted by index."""
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None
+            self._rewrite_log()

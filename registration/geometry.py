@@ -13,6 +13,9 @@ Pixel conventions (OpenCV): pixel centres at integer coordinates.
 Registering is then a single ``cv2.remap`` per image: every output pixel is
 traced back to a raw (distorted) visible pixel and to a raw LWIR pixel, so
 undistortion, warping, cropping and resizing happen in one interpolation.
+
+The camera maths (homography, (un)distortion in pixels) is
+:mod:`rig.camera_model`'s; this module only adds the output crop and tables.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rig.camera_model import distort, undistort
+from rig.camera_model import apply_h, distort_pixels, undistort_pixels
 from rig.errors import RigError
 
 
@@ -85,39 +88,20 @@ def visible_to_output(geom: RegistrationGeometry, p: np.ndarray) -> np.ndarray:
     return np.stack([(p[..., 0] + 0.5 - x) * W / w - 0.5, (p[..., 1] + 0.5 - y) * Hh / h - 0.5], axis=-1)
 
 
-def _apply_h(H: np.ndarray, p: np.ndarray) -> np.ndarray:
-    q = p[..., 0:1] * H[:, 0] + p[..., 1:2] * H[:, 1] + H[:, 2]
-    return q[..., :2] / q[..., 2:3]
-
-
-def _distort_px(K: np.ndarray, dist: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Undistorted px -> raw (distorted) px for camera ``K``/``dist``."""
-    y = (p[..., 1] - K[1, 2]) / K[1, 1]
-    x = (p[..., 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
-    d = distort(np.stack([x, y], axis=-1), dist)
-    return np.stack([K[0, 0] * d[..., 0] + K[0, 1] * d[..., 1] + K[0, 2], K[1, 1] * d[..., 1] + K[1, 2]], axis=-1)
-
-
-def _undistort_px(K: np.ndarray, dist: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Raw px -> undistorted px."""
-    y = (p[..., 1] - K[1, 2]) / K[1, 1]
-    x = (p[..., 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
-    n = undistort(np.stack([x, y], axis=-1), dist)
-    return np.stack([K[0, 0] * n[..., 0] + K[0, 1] * n[..., 1] + K[0, 2], K[1, 1] * n[..., 1] + K[1, 2]], axis=-1)
-
-
 def output_to_raw_visible(geom: RegistrationGeometry, uv: np.ndarray) -> np.ndarray:
-    return _distort_px(geom.K_v, geom.dist_v, output_to_visible(geom, uv))
+    """Output px ``(..., 2)`` -> raw (distorted) visible px."""
+    return distort_pixels(output_to_visible(geom, uv), geom.K_v, geom.dist_v)
 
 
 def output_to_raw_lwir(geom: RegistrationGeometry, uv: np.ndarray) -> np.ndarray:
-    p_l = _apply_h(np.linalg.inv(geom.H), output_to_visible(geom, uv))
-    return _distort_px(geom.K_l, geom.dist_l, p_l)
+    """Output px ``(..., 2)`` -> raw (distorted) LWIR px, through ``H^-1``."""
+    p_l = apply_h(np.linalg.inv(geom.H), output_to_visible(geom, uv))
+    return distort_pixels(p_l, geom.K_l, geom.dist_l)
 
 
 def raw_lwir_to_output(geom: RegistrationGeometry, p: np.ndarray) -> np.ndarray:
     """Where registration puts a raw LWIR pixel in the output (forward map; for checks and overlays)."""
-    return visible_to_output(geom, _apply_h(geom.H, _undistort_px(geom.K_l, geom.dist_l, np.asarray(p, float))))
+    return visible_to_output(geom, apply_h(geom.H, undistort_pixels(p, geom.K_l, geom.dist_l)))
 
 
 @dataclass(frozen=True)
@@ -131,6 +115,7 @@ class RemapTables:
 
 
 def remap_tables(geom: RegistrationGeometry) -> RemapTables:
+    """Trace every output pixel centre into both raw images (float64 maths, float32 tables)."""
     W, Hh = geom.output_size
     u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(Hh, dtype=np.float64))
     uv = np.stack([u, v], axis=-1)

@@ -8,7 +8,11 @@ crop + resize in one interpolation), write ``Visible/``, ``Infrared/``,
 
 Parallelism: a thread pool decodes, warps and PNG-encodes (OpenCV releases the
 GIL), while the calling thread runs model inference on the frames already
-prepared, so the stages overlap.
+prepared, so the stages overlap. The calling thread collects finished frames
+oldest first and logs them, so ``frames.jsonl`` is in frame order.
+
+Options (``--every``, the device, the weights) are checked before the session
+is read; the manifest names the weights by file, path and sha256.
 """
 
 from __future__ import annotations
@@ -188,16 +192,45 @@ def register_session(session: str | Path, options: RegisterOptions = RegisterOpt
     from rig.calibration.results import load_calibration
 
     t_start = time.perf_counter()
+    if options.every < 1:
+        raise RigError(f"--every must be >= 1, got {options.every}")
+    model = weights = None
+    if options.fuse:  # the device and the weights are checked before any session work
+        model, weights = load_fusion_model(options.model_path, options.device)
     reader = SessionReader(session)
     try:
-        return _run(reader, options, progress, t_start, load_calibration)
+        return _run(reader, options, progress, t_start, load_calibration, model, weights)
     finally:
         reader.close()
 
 
-def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, load_calibration) -> RegisterResult:
-    if o.every < 1:
-        raise RigError(f"--every must be >= 1, got {o.every}")
+@dataclass(frozen=True)
+class WeightsRecord:
+    """Which weights made ``Fusion/``, ``Label/``, ``Color/`` (manifest ``model``)."""
+
+    name: str  # file name, e.g. segmif_cpu.pt
+    path: str  # absolute path of the file used
+    sha256: str
+    bundled: bool  # the weights shipped with rig (no --model)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": self.path, "sha256": self.sha256, "bundled": self.bundled}
+
+
+def load_fusion_model(model_path: Path | None, device: str):
+    """Load the weights on ``device`` (checked first: an absent GPU fails at once).
+
+    Returns ``(model, WeightsRecord)``; ``model_path=None`` means the bundled weights.
+    """
+    from rig.model import bundled_weights_path, load_model
+
+    path = Path(model_path) if model_path is not None else bundled_weights_path()
+    model = load_model(path, device=device)
+    return model, WeightsRecord(path.name, str(path.resolve()), file_sha256(path), model_path is None)
+
+
+def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, load_calibration, model,
+         weights: WeightsRecord | None) -> RegisterResult:
     cal_path = find_calibration(reader, o.calibration)
     cal = load_calibration(cal_path)
     check_compatible(cal, reader, cal_path)
@@ -209,20 +242,13 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
                        path=reader.path)
     out = Path(o.out) if o.out else reader.path.parent / f"{reader.path.name}-fmb"
     tables = remap_tables(geom)
-    model = None
-    model_version = None
-    if o.fuse:
-        from rig.model import MODEL_VERSION, load_model
-
-        model = load_model(o.model_path, device=o.device)
-        model_version = MODEL_VERSION if o.model_path is None else f"{o.model_path} sha256:{file_sha256(Path(o.model_path))[:16]}"
     identity = {
         "session": str(reader.path.resolve()),
         "session_started_wall_ns": reader.manifest.get("started_wall_ns"),
         "calibration_sha256": file_sha256(cal_path),
         "output_size": list(geom.output_size),
         "every": o.every,
-        "model": model_version,
+        "model": weights.sha256 if weights else None,
     }
     ds = OutputDataset(out, identity)
     done = ds.open(o.force, REGISTER_DIRS + (FUSE_DIRS if o.fuse else ()))
@@ -231,7 +257,7 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
     cov_v, cov_l = coverage(tables, geom)
     ds.write_manifest(
         status="running", session=identity["session"], calibration=str(Path(cal_path).resolve()),
-        calibration_sha256=identity["calibration_sha256"], model_version=model_version,
+        calibration_sha256=identity["calibration_sha256"], model=weights.to_dict() if weights else None,
         output_size=list(geom.output_size), crop_visible_undistorted_px=list(geom.crop),
         infrared_8bit={"range_counts": list(map(int, ir_range)),
                        "mapping": "linear: 0 at range_counts[0], 255 at range_counts[1], clipped; bilinear warp"},
@@ -267,7 +293,8 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         clock.add("warp", t2 - t1)
         return _Prepared(job, vis, ir16, ir8)
 
-    def write(p: _Prepared, fused: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
+    def write(p: _Prepared, fused: np.ndarray | None = None, labels: np.ndarray | None = None) -> dict:
+        """Write one frame's files; returns its ``frames.jsonl`` entry (logged by the caller, in frame order)."""
         t0 = time.perf_counter()
         name = frame_name(p.job.index)
         if shutil.disk_usage(out).free < o.min_free_bytes:
@@ -282,18 +309,15 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
             write_png(out / "Label" / name, labels)
             write_png(out / "Color" / name, cv2.cvtColor(colorize(labels), cv2.COLOR_RGB2BGR))
         a, b = p.job.pair.a, p.job.pair.b
-        ds.log_frame({"index": p.job.index, "file": name,
-                      "visible": {"seq": a.seq, "frame_counter": a.frame_counter, "host_ns": a.host_ns, "wall_ns": a.wall_ns},
-                      "lwir": {"seq": b.seq, "frame_counter": b.frame_counter, "host_ns": b.host_ns, "wall_ns": b.wall_ns},
-                      "dt_ns": b.host_ns - a.host_ns})
         clock.add("encode+write", time.perf_counter() - t0)
+        return {"index": p.job.index, "file": name,
+                "visible": {"seq": a.seq, "frame_counter": a.frame_counter, "host_ns": a.host_ns, "wall_ns": a.wall_ns},
+                "lwir": {"seq": b.seq, "frame_counter": b.frame_counter, "host_ns": b.host_ns, "wall_ns": b.wall_ns},
+                "dt_ns": b.host_ns - a.host_ns}
 
-    def prepare_and_write(job: _Job) -> int:
+    def prepare_and_write(job: _Job) -> dict | None:
         p = prepare(job)
-        if p is None:
-            return 0
-        write(p)
-        return 1
+        return None if p is None else write(p)
 
     workers = max(1, o.workers)
     try:
@@ -303,11 +327,11 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
                 for job in todo:
                     pending.append(pool.submit(prepare_and_write, job))
                     while len(pending) >= 2 * workers:
-                        result.written += _collect(pending.popleft(), progress)
+                        result.written += _collect(pending.popleft(), ds, progress)
                 while pending:
-                    result.written += _collect(pending.popleft(), progress)
+                    result.written += _collect(pending.popleft(), ds, progress)
             else:
-                result.written += _fuse_loop(todo, pool, prepare, write, model, o, clock, progress)
+                result.written += _fuse_loop(todo, pool, prepare, write, model, o, clock, ds, progress)
     except _DiskFull:
         stop_reason = (f"stopped: less than {o.min_free_bytes >> 20} MiB free on the output disk; "
                        "free space and rerun the same command to resume")
@@ -338,15 +362,22 @@ class _DiskFull(Exception):
     pass
 
 
-def _collect(fut: Future, progress) -> int:
-    n = fut.result()
+def _collect(fut: Future, ds: OutputDataset, progress) -> int:
+    """Wait for the oldest frame (futures are collected in submission order, so the log stays in frame order),
+    log it once its files are in place; returns 1 if it was written, 0 for a corrupt pair."""
+    entry = fut.result()
+    if entry is not None:
+        ds.log_frame(entry)
     if progress:
         progress(1)
-    return n
+    return 0 if entry is None else 1
 
 
-def _fuse_loop(todo, pool, prepare, write, model, o: RegisterOptions, clock: _StageClock, progress) -> int:
-    """Prepare in the pool, infer in this thread in batches, write in the pool: the stages overlap."""
+def _fuse_loop(todo, pool, prepare, write, model, o: RegisterOptions, clock: _StageClock, ds: OutputDataset,
+               progress) -> int:
+    """Prepare in the pool, infer in this thread in batches, write in the pool: the stages overlap.
+
+    Frames are logged here, oldest first, so ``frames.jsonl`` is in frame order."""
     from rig.model import fuse_and_segment
 
     written = 0
@@ -379,13 +410,7 @@ def _fuse_loop(todo, pool, prepare, write, model, o: RegisterOptions, clock: _St
             for p, f, lab in zip(batch, fused, labels):
                 writes.append(pool.submit(write, p, f, lab))
         while writes and (writes[0].done() or len(writes) > 2 * o.workers):
-            writes.popleft().result()
-            written += 1
-            if progress:
-                progress(1)
+            written += _collect(writes.popleft(), ds, progress)
     while writes:
-        writes.popleft().result()
-        written += 1
-        if progress:
-            progress(1)
+        written += _collect(writes.popleft(), ds, progress)
     return written

@@ -2,6 +2,18 @@
 
 Conventions match OpenCV's ``projectPoints``: pixel centres lie at integer
 coordinates, ``dist = (k1, k2, p1, p2, k3)``. Tested against OpenCV.
+
+Coordinates:
+
+* *normalised*: ``(x, y)`` on the plane ``z = 1`` of the camera frame;
+* *pixels*: ``K @ (x, y, 1)`` (skew ``K[0, 1]`` honoured);
+* *raw* pixels are distorted, *undistorted* pixels are ``K`` applied to the
+  undistorted normalised coordinates (same camera matrix, distortion removed).
+
+Every function takes the points first and returns arrays of the input's
+shape ``(..., 2)``; this module is the single implementation of these maps
+(the simulator and registration share it; calibration's OpenCV-based
+``undistort_pixels`` adds the fisheye model and a new camera matrix).
 """
 
 from __future__ import annotations
@@ -9,6 +21,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+def normalise(pixels: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Pixels ``(..., 2)`` -> normalised coordinates through ``K^-1`` (no distortion involved)."""
+    px = np.asarray(pixels, dtype=np.float64)
+    y = (px[..., 1] - K[1, 2]) / K[1, 1]
+    x = (px[..., 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
+    return np.stack([x, y], axis=-1)
+
+
+def to_pixels(xy: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Normalised coordinates ``(..., 2)`` -> pixels through ``K`` (inverse of :func:`normalise`)."""
+    u = K[0, 0] * xy[..., 0] + K[0, 1] * xy[..., 1] + K[0, 2]
+    v = K[1, 1] * xy[..., 1] + K[1, 2]
+    return np.stack([u, v], axis=-1)
+
+
+def apply_h(H: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply the 3x3 homography ``H`` to points ``(..., 2)`` (shape kept)."""
+    p = np.asarray(points, dtype=np.float64)
+    q = p[..., 0:1] * H[:, 0] + p[..., 1:2] * H[:, 1] + H[:, 2]
+    return q[..., :2] / q[..., 2:3]
 
 
 def distort(xy: np.ndarray, dist: np.ndarray) -> np.ndarray:
@@ -48,6 +82,16 @@ def undistort(xy_d: np.ndarray, dist: np.ndarray, iterations: int = 20, tol: flo
     return p
 
 
+def distort_pixels(pixels: np.ndarray, K: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Undistorted pixels ``(..., 2)`` -> raw (distorted) pixels of the camera ``K``, ``dist``."""
+    return to_pixels(distort(normalise(pixels, K), dist), K)
+
+
+def undistort_pixels(pixels: np.ndarray, K: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Raw pixels ``(..., 2)`` -> undistorted pixels (inverse of :func:`distort_pixels`, Newton's method)."""
+    return to_pixels(undistort(normalise(pixels, K), dist), K)
+
+
 @dataclass(frozen=True, eq=False)
 class CameraModel:
     """Intrinsics + distortion + image size of one camera."""
@@ -69,18 +113,12 @@ class CameraModel:
         return self.to_pixels(distort(xy, self.dist))
 
     def to_pixels(self, xy_d: np.ndarray) -> np.ndarray:
-        K = self.K
-        u = K[0, 0] * xy_d[..., 0] + K[0, 1] * xy_d[..., 1] + K[0, 2]
-        v = K[1, 1] * xy_d[..., 1] + K[1, 2]
-        return np.stack([u, v], axis=-1)
+        """Pixels of (distorted) normalised coordinates ``(..., 2)``: :func:`to_pixels` with this ``K``."""
+        return to_pixels(xy_d, self.K)
 
     def unproject(self, pixels: np.ndarray) -> np.ndarray:
         """Undistorted normalised coordinates ``(..., 2)`` of pixel positions ``(..., 2)``."""
-        K = self.K
-        px = np.asarray(pixels, dtype=np.float64)
-        y = (px[..., 1] - K[1, 2]) / K[1, 1]
-        x = (px[..., 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
-        return undistort(np.stack([x, y], axis=-1), self.dist)
+        return undistort(normalise(pixels, self.K), self.dist)
 
     def pixel_rays(self) -> np.ndarray:
         """Normalised undistorted coordinates of every pixel centre, ``(H, W, 2)`` float64 (cached)."""

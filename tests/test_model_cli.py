@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rig.cli import main
+from rig.cli import build_parser, main
 from rig.model.data import write_pair
 from rig.model.checkpoint import read_checkpoint
 
@@ -74,3 +75,72 @@ def test_cli_errors_are_one_line(tmp_path: Path, fmb_root: Path, capsys) -> None
     write_pair(unlabelled, "a", np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40), np.uint8), None)
     assert main([*TRAIN, "--out", str(tmp_path / "r3"), "--data", str(unlabelled)]) == 2
     assert "have no label (pass unlabelled data with --unlabelled)" in capsys.readouterr().err
+
+
+def _option_entries(help_text: str) -> list[tuple[str, str]]:
+    """``(invocation, help)`` of every option in an argparse help screen (help may start on the next line)."""
+    entries: list[list[str]] = []
+    in_options = False
+    for line in help_text.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            in_options = line == "options:"
+            continue
+        if not in_options or not line.strip():
+            continue
+        if line.startswith("  -"):
+            invocation, _, help_part = line.strip().partition("  ")
+            entries.append([invocation, help_part.strip()])
+        else:
+            assert entries and line.startswith(" " * 6), line
+            entries[-1][1] = (entries[-1][1] + " " + line.strip()).strip()
+    return [(a, b) for a, b in entries]
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help_documents_every_option_with_meaningful_defaults(command: str, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: [])" not in text and "(default: False)" not in text
+    entries = _option_entries(text)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    assert len(entries) == len([a for a in sub._actions if a.option_strings])  # every option was parsed
+    for invocation, help_text in entries:
+        assert help_text, f"{invocation} has no help text"
+        # Said once: not "(0: default) (default: 0)".
+        assert help_text.count("default") <= 1, f"{invocation}: {help_text}"
+    helps = dict(entries)
+    if command == "train":
+        assert helps["--sim-size WxH"] == "simulator render size (default: 400x300)"
+        assert helps["--rounds N"].endswith("(default: 8)") and helps["--seed SEED"].endswith("(default: 0)")
+        assert helps["--resume"] == "continue from OUT/last.pt"  # a flag: no "(default: False)"
+        assert "(default" not in helps["--out DIR"]  # required: no default to show
+    else:
+        assert helps["--weights CKPT"] == "checkpoint to evaluate (default: the bundled weights)"
+        assert helps["--threads N"] == "torch CPU threads; 0 lets torch choose (default: 0)"
+    for line in text.splitlines():
+        assert len(line) <= 80, line
+
+
+def test_eval_checks_the_device_and_weights_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    import torch
+
+    import rig.model.data
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(rig.model.data, "render_sim_dataset", lambda *a, **k: pytest.fail("rendered before checking"))
+    monkeypatch.setattr("rig.model.checkpoint.model_from_checkpoint",
+                        lambda *a, **k: pytest.fail("weights loaded before the device was checked"))
+    assert main(["eval", "--sim", "2", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: device: 'cuda' was requested but no CUDA device is available")
+    assert err.count("\n") == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(rig.model.data, "render_sim_dataset", lambda *a, **k: pytest.fail("rendered before checking"))
+    readme = tmp_path / "README.md"
+    readme.write_text("# not weights\n")
+    assert main(["eval", "--sim", "2", "--weights", str(readme)]) == 2
+    assert capsys.readouterr().err == (f"error: {readme}: not a PyTorch checkpoint: expected a file written by "
+                                       "torch.save, such as rig train's OUT/final.pt or its --export file\n")

@@ -55,18 +55,62 @@ def test_missing_and_corrupt_checkpoints(tiny_ckpt: Path, tmp_path: Path) -> Non
     assert e.value.path == str(tmp_path / "nope.pt")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(tiny_ckpt.read_bytes()[:1000])
-    with pytest.raises(RigError, match="not a readable PyTorch checkpoint") as e:
+    with pytest.raises(RigError) as e:
         read_checkpoint(truncated)
-    assert str(truncated) in str(e.value)
+    assert str(e.value) == f"{truncated}: corrupt or truncated PyTorch checkpoint (its zip archive is incomplete)"
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("hello")
-    with pytest.raises(RigError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(RigError, match="not a PyTorch checkpoint: expected a file written by torch.save"):
         read_checkpoint(garbage)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(RigError, match="not a SegMiF checkpoint") as e:
         read_checkpoint(foreign)
     assert e.value.key == "format"
+
+
+def test_a_text_file_as_checkpoint_is_one_complete_line(tmp_path: Path) -> None:
+    """torch's own message for this runs to a paragraph; ours names the file and the problem, whole."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# rig\n\nSoftware for a car-roof visible + LWIR camera rig. Install with pip install -e .\n")
+    with pytest.raises(RigError) as e:
+        read_checkpoint(readme)
+    assert str(e.value) == (f"{readme}: not a PyTorch checkpoint: expected a file written by torch.save, such as "
+                            "rig train's OUT/final.pt or its --export file")
+
+
+def test_a_pickled_python_object_is_named_not_loaded(tmp_path: Path) -> None:
+    import collections
+
+    obj = tmp_path / "object.pt"
+    torch.save({"format": "rig.model.segmif", "thing": collections.OrderedDict, "fn": Path}, obj)
+    with pytest.raises(RigError) as e:
+        read_checkpoint(obj)
+    msg = str(e.value)
+    assert msg.startswith(f"{obj}: PyTorch file holds a Python object (") and "\n" not in msg
+    assert msg.endswith("not only weights; rig loads checkpoints with weights_only=True and refuses it")
+
+
+def test_devices_are_checked_with_one_line_errors(monkeypatch) -> None:
+    from rig.model.api import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(RigError, match=r"^device: 'cuda' was requested but no CUDA device is available \(torch .*\); "
+                                       r"use --device cpu$"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(RigError, match=r"^device: 'cuda:3' was requested but this machine has 2 CUDA device\(s\) "
+                                       r"\(cuda:0..cuda:1\)$"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(RigError, match="^device: 'mps' was requested but the Apple MPS backend is not available"):
+        resolve_device("mps")
+    with pytest.raises(RigError, match="^device: invalid device 'gpu'; use cpu, cuda, cuda:N or mps$"):
+        resolve_device("gpu")
 
 
 def test_mismatched_weights_name_the_keys(tiny_ckpt: Path, tmp_path: Path) -> None:

@@ -31,6 +31,51 @@ def test_ssim_of_constant_images_hand_computed() -> None:
     assert expected == pytest.approx(0.800064, abs=1e-6)
 
 
+@pytest.fixture(scope="module")
+def sim_luminance_and_lwir():
+    """Luminance and 8-bit LWIR (both in [0, 1], float64) of one registered simulator scene, 160x120."""
+    import numpy as np
+
+    from rig.model.color import rgb_to_ycrcb
+    from rig.sim.scene import render_registered
+
+    sample = render_registered(4, "day", size=(160, 120))
+    rgb = torch.from_numpy(sample.visible).permute(2, 0, 1)[None].to(D) / 255
+    return rgb_to_ycrcb(rgb)[0, 0].numpy(), sample.lwir8.astype(np.float64) / 255
+
+
+def test_ssim_matches_scikit_image_on_real_looking_images(sim_luminance_and_lwir) -> None:
+    """Our SSIM is Wang et al.'s with an 11-tap Gaussian window (sigma 1.5), population (co)variances and the
+    mean over the valid region. scikit-image computes the same with ``gaussian_weights=True, sigma=1.5``
+    (its window: 2 * round(3.5 sigma) + 1 = 11 taps), ``use_sample_covariance=False`` and
+    ``data_range=1``: it filters with reflection and then drops (11 - 1) / 2 = 5 pixels per border, which is
+    exactly the valid region. (Its defaults, a 7x7 uniform window with sample covariances, are another SSIM.)"""
+    import cv2
+    import numpy as np
+    from skimage.metrics import structural_similarity
+
+    lum, lwir = sim_luminance_and_lwir
+    noisy = np.clip(lum + np.random.default_rng(0).normal(0.0, 0.05, lum.shape), 0.0, 1.0)
+    blurred = cv2.GaussianBlur(lum, (0, 0), 2.0)
+    pairs = {"visible vs lwir": (lum, lwir), "blurred": (lum, blurred), "noisy": (lum, noisy)}
+    values = {}
+    for name, (a, b) in pairs.items():
+        ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                    data_range=1.0)
+        ours = float(ssim(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]))
+        assert ours == pytest.approx(ref, abs=1e-12), name
+        ours32 = float(ssim(torch.from_numpy(a).float()[None, None], torch.from_numpy(b).float()[None, None]))
+        assert ours32 == pytest.approx(ref, abs=2e-5), name
+        values[name] = ref
+    # The pairs are far from the trivial cases: a cross-modal pair, a mild blur and mild noise.
+    assert 0.1 < values["visible vs lwir"] < 0.6 and 0.6 < values["blurred"] < 0.95 and 0.3 < values["noisy"] < 0.9
+    # Batched: one value per image, each matching its own pair.
+    batch_a = torch.from_numpy(np.stack([lum, lum]))[:, None]
+    batch_b = torch.from_numpy(np.stack([lwir, blurred]))[:, None]
+    expected = torch.tensor([values["visible vs lwir"], values["blurred"]], dtype=D)
+    torch.testing.assert_close(ssim(batch_a, batch_b), expected, atol=1e-12, rtol=0)
+
+
 def test_ssim_of_an_image_with_itself_is_one_and_needs_window() -> None:
     img = torch.rand(2, 1, 20, 24, dtype=D)
     torch.testing.assert_close(ssim(img, img), torch.ones(2, dtype=D))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -290,3 +291,156 @@ def test_shipped_rig_calibration_is_found_in_the_working_directory(recorded, tru
     monkeypatch.chdir(work)
     result = register_session(session, RegisterOptions(out=tmp_path / "o", every=5, contact_sheet_frames=0))
     assert result.written == 3
+
+
+def test_shared_pixel_maps_match_opencv(truth_cal):
+    """Registration's camera maths is rig.camera_model's; check it against OpenCV on the calibrated LWIR camera."""
+    from rig.camera_model import apply_h, distort_pixels, normalise, undistort_pixels
+
+    cal = load_calibration(truth_cal)
+    cam = cal.cameras["lwir"]
+    K, dist = cam.K, np.ravel(cam.dist)
+    rng = np.random.default_rng(0)
+    und = rng.uniform([0, 0], cam.image_size, (200, 2))
+    xy = normalise(und, K)
+    cv_raw, _ = cv2.projectPoints(np.c_[xy, np.ones(len(xy))], np.zeros(3), np.zeros(3), K, dist)
+    assert np.abs(distort_pixels(und, K, dist) - cv_raw.reshape(-1, 2)).max() < 1e-9
+    raw = cv_raw.reshape(-1, 2)
+    cv_und = cv2.undistortPoints(raw.reshape(-1, 1, 2), K, dist, None, None, K,
+                                 (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-14)).reshape(-1, 2)
+    assert np.abs(undistort_pixels(raw, K, dist) - cv_und).max() < 1e-6
+    assert np.abs(undistort_pixels(raw, K, dist) - und).max() < 1e-8  # Newton converges tighter than OpenCV
+    H = cal.homography.H
+    assert np.abs(apply_h(H, und) - cv2.perspectiveTransform(und.reshape(-1, 1, 2), H).reshape(-1, 2)).max() < 1e-9
+    # Shapes are kept: a (H, W, 2) grid maps to a (H, W, 2) grid, as the remap tables need.
+    grid = und[:12].reshape(3, 4, 2)
+    assert apply_h(H, grid).shape == distort_pixels(grid, K, dist).shape == (3, 4, 2)
+    assert np.array_equal(apply_h(H, grid).reshape(-1, 2), apply_h(H, und[:12]))
+
+
+def test_frames_log_is_written_in_frame_order_with_several_workers(recorded, tmp_path, monkeypatch):
+    """Frame 0 is held back until frame 1's files are written: the log still lists 0 before 1 (and all in order)."""
+    import threading
+
+    from rig.registration import dataset, pipeline
+
+    frame1_written = threading.Event()
+    real_write_png = pipeline.write_png
+
+    def write_png(path, image, *args, **kwargs):
+        if path.parent.name == "Visible" and path.name == "000000.png":
+            assert frame1_written.wait(60), "frame 1 never finished"
+        real_write_png(path, image, *args, **kwargs)
+        if path.parent.name == "Infrared16" and path.name == "000001.png":
+            frame1_written.set()
+
+    logged = []
+    real_log = dataset.OutputDataset.log_frame
+
+    def log_frame(self, entry):
+        logged.append(entry["index"])
+        real_log(self, entry)
+
+    monkeypatch.setattr(pipeline, "write_png", write_png)
+    monkeypatch.setattr(dataset.OutputDataset, "log_frame", log_frame)
+    out = tmp_path / "out"
+    result = register_session(recorded, RegisterOptions(out=out, workers=4, contact_sheet_frames=0))
+    assert result.written == 15
+    assert logged == list(range(15))  # appended in frame order while the run went on
+    lines = (out / "frames.jsonl").read_text().splitlines()
+    assert [json.loads(s)["index"] for s in lines] == list(range(15))
+
+
+def test_resume_after_a_torn_log_line_keeps_the_log_valid_and_ordered(recorded, tmp_path):
+    out = tmp_path / "out"
+    register_session(recorded, RegisterOptions(out=out, every=1, contact_sheet_frames=0))
+    lines = (out / "frames.jsonl").read_text().splitlines()
+    # A killed run: frames 0-4 logged, in a scrambled order, then a torn line without its newline.
+    scrambled = [lines[3], lines[0], lines[4], lines[1], lines[2]]
+    (out / "frames.jsonl").write_text("\n".join(scrambled) + '\n{"index": 7, "fi')
+    again = register_session(recorded, RegisterOptions(out=out, every=1, contact_sheet_frames=0))
+    assert again.already_done == 5 and again.written == 10
+    text = (out / "frames.jsonl").read_text()
+    assert text.endswith("}\n")
+    entries = [json.loads(s) for s in text.splitlines()]  # every line is valid JSON (no torn line left)
+    assert [e["index"] for e in entries] == list(range(15))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from rig.model.checkpoint import save_checkpoint
+    from rig.model.segmif import create_model
+
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt", create_model("tiny"), "test-tiny")
+
+
+def test_fuse_manifest_names_the_weights_by_sha256(recorded, tmp_path, tiny_weights):
+    import hashlib
+
+    from rig.model import bundled_weights_path
+
+    def sha256(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    out = tmp_path / "fused"
+    options = RegisterOptions(out=out, fuse=True, every=5, output_size=(160, 120), contact_sheet_frames=0)
+    result = register_session(recorded, options)
+    assert result.written == 3 and len(list((out / "Label").iterdir())) == 3
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    bundled = bundled_weights_path()
+    assert manifest["model"] == {"name": "segmif_cpu.pt", "path": str(bundled.resolve()), "sha256": sha256(bundled),
+                                 "bundled": True}
+    assert manifest["identity"]["model"] == sha256(bundled)
+    # Other weights are another run: refused without --force, then recorded by their own hash.
+    other = RegisterOptions(out=out, fuse=True, every=5, output_size=(160, 120), contact_sheet_frames=0,
+                            model_path=tiny_weights)
+    with pytest.raises(RigError, match="holds another run's outputs \\(differs in: model\\)"):
+        register_session(recorded, other)
+    register_session(recorded, dataclasses.replace(other, force=True))
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    assert manifest["model"] == {"name": "tiny.pt", "path": str(Path(tiny_weights).resolve()),
+                                 "sha256": sha256(tiny_weights), "bundled": False}
+
+
+def _no_session_work(monkeypatch):
+    from rig.registration import pipeline
+
+    def refuse(*args, **kwargs):
+        pytest.fail("the session was opened before the options were checked")
+
+    monkeypatch.setattr(pipeline, "SessionReader", refuse)
+
+
+def test_fuse_with_a_non_checkpoint_model_is_one_complete_line_before_any_work(recorded, tmp_path, monkeypatch,
+                                                                                capsys):
+    from rig.cli import main
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# rig\n\nA car-roof camera rig. Install with pip install -e . and run rig demo.\n")
+    _no_session_work(monkeypatch)
+    monkeypatch.setenv("COLUMNS", "80")
+    out = tmp_path / "out"
+    assert main(["register-and-fuse", str(recorded), "--out", str(out), "--model", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {readme}: not a PyTorch checkpoint: expected a file written by torch.save, such as rig "
+                   "train's OUT/final.pt or its --export file\n")
+    assert not out.exists()
+
+
+def test_fuse_on_a_missing_gpu_fails_before_any_work(recorded, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from rig.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _no_session_work(monkeypatch)
+    monkeypatch.setattr("rig.model.checkpoint.model_from_checkpoint",
+                        lambda *a, **k: pytest.fail("weights loaded before the device was checked"))
+    monkeypatch.setenv("COLUMNS", "80")
+    out = tmp_path / "out"
+    assert main(["register-and-fuse", str(recorded), "--out", str(out), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("error: device: 'cuda' was requested but no CUDA device is available")
+    assert err.rstrip().endswith("; use --device cpu")
+    assert not out.exists()
