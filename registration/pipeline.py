@@ -97,17 +97,20 @@ class _StageClock:
 
 
 def find_calibration(reader: SessionReader, explicit: Path | None) -> Path:
-    """``--calibration``, else the session manifest's reference, else the rig file's ``calibration``."""
+    """``--calibration``, else the session's own calibration, else the rig's (the rig file's ``calibration:``).
+
+    The manifest's reference must lie inside the session (:meth:`SessionReader.calibration_path`);
+    the rig's calibration is the one place outside it that is looked at, and only as named by the
+    rig file the session was recorded with.
+    """
     if explicit is not None:
         if not Path(explicit).is_file():
             raise RigError("calibration file not found", path=explicit)
         return Path(explicit)
     candidates = []
-    ref = reader.manifest.get("calibration")
-    if isinstance(ref, str) and ref:
-        p = Path(ref)
-        candidates.append(p if p.is_absolute() else reader.path / p)
-        candidates.append(Path(ref))
+    ref = reader.calibration_path()  # confined to the session: '../x.yaml' or '/etc/passwd' are refused
+    if ref is not None:
+        candidates.append(ref)
     rig_file = reader.path / "rig.yaml"
     if rig_file.is_file():
         from rig.rigconfig import load_rig

@@ -189,6 +189,14 @@ def test_bad_input_messages(sim_rig, recorded, truth_cal, tmp_path):
         register_session(session, RegisterOptions(out=tmp_path / "o1"))
     with pytest.raises(RigError, match="calibration file not found"):
         register_session(session, RegisterOptions(out=tmp_path / "o1", calibration=tmp_path / "none.yaml"))
+    # The manifest's calibration reference must stay inside the session.
+    for ref, problem in (("../../x.yaml", "leaves the session directory"), (str(truth_cal), "absolute path")):
+        m["calibration"] = ref
+        (session / "manifest.yaml").write_text(yaml.safe_dump(m))
+        with pytest.raises(RigError, match=f"calibration: .*{problem}"):
+            register_session(session, RegisterOptions(out=tmp_path / "o1"))
+    m["calibration"] = None
+    (session / "manifest.yaml").write_text(yaml.safe_dump(m))
     # A calibration for another resolution.
     cal = load_calibration(truth_cal)
     v = cal.cameras["visible"]

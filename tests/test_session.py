@@ -42,7 +42,9 @@ def frame_image(camera: str, seq: int, shape=None) -> np.ndarray:
 
 def record(path: Path, n_vis: int = 10, n_ir: int = 20) -> None:
     rig = parse_rig(SMALL_RIG)
-    with SessionWriter.create(path, rig, calibration="cal.yaml") as w:
+    cal = path.parent / f"{path.name}-cal.yaml"
+    cal.write_text("calibration: placeholder\n")
+    with SessionWriter.create(path, rig, calibration=cal) as w:
         for i in range(n_ir):
             t = 1_000_000_000 + i * 16_666_667
             w.write_image("lwir", frame_image("lwir", i), i + 100, t, t + 5, device_ns=i * 1000,
@@ -55,7 +57,9 @@ def record(path: Path, n_vis: int = 10, n_ir: int = 20) -> None:
 def test_round_trip_bit_exact(tmp_path):
     record(tmp_path / "s")
     with SessionReader(tmp_path / "s") as r:
-        assert r.status == "complete" and r.manifest["calibration"] == "cal.yaml"
+        # The calibration was copied in: the manifest's reference stays inside the session.
+        assert r.status == "complete" and r.manifest["calibration"] == "calibration.yaml"
+        assert r.calibration_path().read_text() == "calibration: placeholder\n"
         recs = r.records("lwir")
         assert len(recs) == 20 and len(r.records("visible")) == 10
         for rec, img in r.frames("lwir"):

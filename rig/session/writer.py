@@ -116,13 +116,17 @@ class SessionWriter:
         self._closed = False
 
     @classmethod
-    def create(cls, path: str | Path, rig, *, calibration: str | None = None, cameras: Sequence | None = None,
+    def create(cls, path: str | Path, rig, *, calibration: str | Path | None = None, cameras: Sequence | None = None,
                min_free_bytes: int = 512 << 20, overwrite: bool = False) -> "SessionWriter":
         """Create a new session directory for ``rig`` (a :class:`~rig.rigconfig.RigConfig`).
 
-        ``cameras`` restricts the recorded cameras (default: all of the rig).
+        ``cameras`` restricts the recorded cameras (default: all of the rig). ``calibration``,
+        a calibration file, is copied into the session (``calibration.yaml``) so that the
+        manifest's reference stays inside it.
         """
         path = Path(path)
+        if calibration is not None and not Path(calibration).is_file():
+            raise RigError("calibration file not found", path=calibration)
         if path.exists() and any(path.iterdir()) and not overwrite:
             raise RigError("already exists and is not empty; choose another --out or remove it", path=path)
         (path / "cameras").mkdir(parents=True, exist_ok=True)
@@ -134,6 +138,9 @@ class SessionWriter:
         }
         if rig.source is not None and Path(rig.source).is_file():
             shutil.copyfile(rig.source, path / "rig.yaml")
+        if calibration is not None:
+            shutil.copyfile(calibration, path / "calibration.yaml")
+            calibration = "calibration.yaml"
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
