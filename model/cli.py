@@ -77,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="iterations between OUT/last.pt saves")
     p.add_argument("--log-every", type=int, default=10, metavar="N", help="iterations between log lines")
     p.add_argument("--init", default=None, metavar="CKPT", help="start from these weights")
+    p.add_argument("--pretrained-encoder", default=None, metavar="FILE",
+                   help="initialise the encoder from NVlabs SegFormer ImageNet weights (mit_b0.pth ... mit_b5.pth, "
+                        "matching the --model size), as the SegFormer and SegMiF authors train")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--export", default=None, metavar="PATH",
                    help="also write the final weights (no training state) here")
@@ -84,8 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = subparsers.add_parser(
         "eval", help="evaluate SegMiF: segmentation mAcc/mIoU and fusion EN/SD/SF/SCD/MI/Qabf",
-        description="Evaluate a model on a dataset. Segmentation metrics need labels; fusion metrics are compared "
-                    "with averaging and max-selection baselines on the same pairs.",
+        description="Evaluate a model on a dataset. Segmentation metrics need labels; fusion metrics are compared, "
+                    "on the same pairs and in one run, with the classical baselines (average, max-selection, "
+                    "Laplacian pyramid), each raw and min-max stretched, so that no method wins by post-processing.",
         formatter_class=DefaultsHelpFormatter)
     e.add_argument("--weights", default=None, metavar="CKPT",
                    help="checkpoint to evaluate (default: the bundled weights)")
@@ -104,7 +108,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="fp32, or bf16 autocast")
     e.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads; 0 lets torch choose")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    e.add_argument("--no-baselines", action="store_true", help="evaluate the model only")
     e.set_defaults(handler=run_eval)
+
+    m = subparsers.add_parser(
+        "model", help="model files: import the SegMiF reference checkpoints",
+        description="Manage model files.", formatter_class=DefaultsHelpFormatter)
+    msub = m.add_subparsers(dest="model_command", metavar="ACTION")
+    imp = msub.add_parser(
+        "import-reference", help="convert the published SegMiF checkpoints into a rig checkpoint",
+        description="Convert the two state dicts that the SegMiF reference code publishes (Fusion_Network3_ac and "
+                    "Network3/WeTr) into one rig checkpoint that every --model / --weights option accepts. The "
+                    "class set (15 FMB or 9 MFNet) and the MiT size are read from the weights.",
+        formatter_class=DefaultsHelpFormatter)
+    imp.add_argument("--fusion", required=True, metavar="FUSION.pth", help="the reference fusion network state dict")
+    imp.add_argument("--segmentation", required=True, metavar="SEG.pth",
+                     help="the reference segmentation network state dict")
+    imp.add_argument("--out", required=True, metavar="OUT.pt", help="the rig checkpoint to write")
+    imp.set_defaults(handler=run_import_reference)
+    m.set_defaults(handler=lambda args: m.print_help() or 2)
 
 
 def _progress():
@@ -127,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
         seg_lr=args.seg_lr, seg_warmup_iters=args.seg_warmup_iters, fusion_lr=args.fusion_lr,
         grad_weight=args.grad_weight, dwa_window=args.dwa_window, seed=args.seed, workers=args.workers,
         threads=args.threads, device=args.device, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, init=args.init,
+        log_every=args.log_every, init=args.init, pretrained_encoder=args.pretrained_encoder,
     )
     try:
         from rig.model.segmif import get_config
@@ -170,6 +192,15 @@ def print_results(result: dict, console) -> None:
     for method, scores in result["fusion"].items():
         t.add_row(method, *(f"{scores[m]:.3f}" for m in metrics))
     console.print(t)
+    comparison = result.get("comparison") or {}
+    if comparison:
+        console.print("segmif (stretched, the default output) against each baseline credited with its better "
+                      "variant (raw or +stretch) per metric:", markup=False)
+        for b, rows in comparison.items():
+            won = [m for m in metrics if rows[m]["ours_higher"]]
+            console.print(f"  vs {b}: higher on {rows['metrics_won']} of {len(metrics)} "
+                          f"({', '.join(won) or 'none'}); images won: "
+                          + ", ".join(f"{m} {rows[m]['images_won']}/{rows[m]['images']}" for m in metrics), markup=False)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -180,7 +211,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from rig.model.api import load_model
     from rig.model.data import find_pairs, render_sim_dataset
-    from rig.model.evaluate import evaluate
+    from rig.model.evaluate import BASELINES, evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,6 +230,7 @@ def run_eval(args: argparse.Namespace) -> int:
             records = records[: args.limit]
         task = progress.add_task("evaluating", total=len(records))
         result = evaluate(model, records, device=args.device, precision=args.precision,
+                          baselines=() if args.no_baselines else BASELINES,
                           on_sample=lambda k: progress.update(task, completed=k))
     result["weights"] = str(args.weights or "bundled")
     print_results(result, console)
@@ -206,4 +238,17 @@ def run_eval(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {args.json}", markup=False)
+    return 0
+
+
+def run_import_reference(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rig.model.api import load_model
+    from rig.model.reference import import_reference
+
+    out = import_reference(args.fusion, args.segmentation, args.out)
+    model = load_model(out)
+    Console(highlight=False).print(f"wrote {out}: {model.config.name}, {model.config.classes} classes, "
+                                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters", markup=False)
     return 0

@@ -77,6 +77,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     init: str | None = None  # start from these weights
+    pretrained_encoder: str | None = None  # NVlabs SegFormer mit_bN.pth ImageNet weights for the encoder
 
     def __post_init__(self) -> None:
         self.sim_size = tuple(self.sim_size)
@@ -219,6 +220,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Any = None,
     torch.manual_seed(cfg.seed)
     config = get_config(cfg.model, classes=cfg.classes)
     model = SegMiF(config)
+    if cfg.pretrained_encoder and not resume:  # as the SegFormer and SegMiF authors start (a resume has them already)
+        from rig.model.reference import load_pretrained_encoder
+
+        ignored = load_pretrained_encoder(model, cfg.pretrained_encoder)
+        log(f"encoder initialised from {cfg.pretrained_encoder} ({len(ignored)} keys ignored: classifier head)")
     if cfg.init and not resume:
         init = model_from_checkpoint(cfg.init)
         check_state_dict(model, init.state_dict(), cfg.init)

@@ -28,7 +28,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "rig.capture.cli": ("record", "emulate"),
     "rig.calibration.cli": ("calibrate",),
     "rig.registration.cli": ("register", "register-and-fuse"),
-    "rig.model.cli": ("train", "eval"),
+    "rig.model.cli": ("train", "eval", "model"),
     "rig.demo": ("demo",),
 }
 

@@ -59,8 +59,15 @@ def test_train_resume_and_eval(fmb_root: Path, tmp_path: Path, capsys) -> None:
     seg = result["segmentation"]
     assert result["pairs"] == 3 and seg["pairs"] == 3 and len(seg["iou"]) == 15
     assert np.array(seg["confusion_matrix"]).sum() == 3 * (48 * 64 - 16)  # ignored corner left out
-    assert set(result["fusion"]) == {"segmif", "average", "max"}
+    # Every method raw and min-max stretched (the same post-processing for all), in one run.
+    assert list(result["fusion"]) == ["segmif", "segmif_raw", "average", "average+stretch", "max", "max+stretch",
+                                      "laplacian", "laplacian+stretch"]
     assert set(result["fusion"]["max"]) == {"EN", "SD", "SF", "SCD", "MI", "Qabf"}
+    comp = result["comparison"]["laplacian"]
+    for m in ("EN", "SD", "SF", "SCD", "MI", "Qabf"):  # credited with its better variant per metric
+        best = max(result["fusion"]["laplacian"][m], result["fusion"]["laplacian+stretch"][m])
+        assert comp[m]["baseline"] == pytest.approx(best) and comp[m]["images"] == 3
+    assert "vs laplacian: higher on" in printed
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, fmb_root: Path, capsys) -> None:
@@ -144,3 +151,27 @@ def test_eval_checks_the_device_and_weights_before_any_work(tmp_path: Path, monk
     assert main(["eval", "--sim", "2", "--weights", str(readme)]) == 2
     assert capsys.readouterr().err == (f"error: {readme}: not a PyTorch checkpoint: expected a file written by "
                                        "torch.save, such as rig train's OUT/final.pt or its --export file\n")
+
+
+def test_import_reference_command_writes_a_loadable_checkpoint(tmp_path: Path, capsys) -> None:
+    import torch
+
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import segmif_reference as ref  # the test fixture restating the reference networks
+
+    fusion_sd = ref.fusion_state_dict(width=16, growth=8, seg_dims=(32, 64))
+    seg_sd = ref.segmentation_state_dict(9)
+    torch.save(fusion_sd, tmp_path / "fusion.pth")
+    torch.save(seg_sd, tmp_path / "seg.pth")
+    out = tmp_path / "ref.pt"
+    assert main(["model", "import-reference", "--fusion", str(tmp_path / "fusion.pth"), "--segmentation",
+                 str(tmp_path / "seg.pth"), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    from rig.model import load_model
+
+    assert load_model(out).config.classes == "mfnet"
+    assert main(["model", "import-reference", "--fusion", str(tmp_path / "seg.pth"), "--segmentation",
+                 str(tmp_path / "seg.pth"), "--out", str(tmp_path / "bad.pt")]) == 2
+    assert "seg.pth: does not match" in capsys.readouterr().err

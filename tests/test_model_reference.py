@@ -26,8 +26,15 @@ from rig.model.segmif import create_model, get_config
 sys.path.insert(0, str(Path(__file__).parent))
 import segmif_reference as ref  # noqa: E402
 
-torch.set_num_threads(1)
 H, W = 40, 56  # not multiples of 32: the encoder's key/value reductions drop a remainder, as SegFormer's do
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _resize(x: torch.Tensor, size=(H, W)) -> torch.Tensor:
