@@ -28,6 +28,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "rig.capture.cli": ("record", "emulate"),
     "rig.calibration.cli": ("calibrate",),
     "rig.registration.cli": ("register", "register-and-fuse"),
+    "rig.registration.labels": ("labels",),
     "rig.model.cli": ("train", "eval", "model"),
     "rig.demo": ("demo",),
 }
