@@ -14,17 +14,9 @@ from rig.capture import cli as capture_cli
 from rig.capture import sim_camera
 from rig.capture.dashboard import CameraStatus, RecorderStatus, render_status, status_line
 from rig.cli import main
+from simrigs import small_rig_dict
 
-SMALL_RIG = {
-    "rig": "small",
-    "cameras": [
-        {"name": "visible", "role": "visible", "driver": "sim", "resolution": [640, 400], "pixel_format": "BayerRG8",
-         "fps": 30, "sim": {"intrinsics": {"fx": 567, "fy": 567, "cx": 320, "cy": 200}}},
-        {"name": "lwir", "role": "lwir", "driver": "sim", "resolution": [320, 256], "pixel_format": "Mono16",
-         "fps": 60, "sim": {"intrinsics": {"fx": 371, "fy": 371, "cx": 160, "cy": 128},
-                            "pose": {"rotation_deg": [0.6, -0.8, 0.3], "position_m": [0.12, 0.05, 0.0]}}},
-    ],
-}
+SMALL_RIG = small_rig_dict()
 
 
 @pytest.fixture(autouse=True)
@@ -121,8 +113,27 @@ def test_drive_summary_is_formatted_and_fits_80_columns(rig_file, tmp_path, caps
     assert vis_n - vis_un == pairs == lwir_n - lwir_un  # one-to-one: the counts add up
     assert lwir_n == pytest.approx(2 * vis_n, abs=2)
     assert re.search(r"^visible: \d+ frames, [\d.]+ fps \(target 30\), \d+ MB$", text, re.M)
-    assert re.search(r"^  0 dropped, \d+ in FFC, \d+ unpaired, 0 reconnects$", text, re.M)
+    assert re.search(r"^  lost 0, \d+ timing gaps, \d+ in FFC, \d+ unpaired$", text, re.M)
+    assert "down" not in text and "dropped" not in text  # nothing to say: nothing said
     assert f"session {out}: complete (duration)" in text
+
+
+def test_camera_lines_report_loss_as_the_reader_counts_it_and_outages(tmp_path):
+    from rig.capture.recorder import CameraResult, RecordingResult
+
+    cams = {"lwir": CameraResult("lwir", "lwir", 60, 600, 108, 13, 195, 24, 0, 1, 0, 4.2, True, 1 << 28, 59.9)}
+    result = RecordingResult(tmp_path, "degraded", "duration", "", 12.0, cams, {}, None, 1, ("lwir down 4.2 s",))
+    lines = capture_cli.camera_lines(result)
+    assert lines[1:] == ["  lost 108 (13 in our queue), 195 timing gaps, 24 in FFC, 0 unpaired",
+                         "  down 4.2 s: 1 disconnects, 0 reconnects, still down at the end"]
+    _fits_80("\n".join(lines))
+
+
+def test_record_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["record", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "3 degraded" in text and "1 stopped because the disk reserve was reached" in text
 
 
 def test_status_displays_fit_80_columns():
@@ -131,19 +142,20 @@ def test_status_displays_fit_80_columns():
     from rig.calibration.record import CalibrationStatus
     from rig.calibration.record import status_line as calib_status_line
 
-    cams = [CameraStatus("visible", "visible", 30, 29.9, 369, 0, 1, 32, 52.3, "streaming", ""),
-            CameraStatus("lwir", "lwir", 60, 59.8, 738, 12, 3, 32, 7.4, "reconnecting", "in FFC")]
+    cams = [CameraStatus("visible", "visible", 30, 29.9, 369, 0, 0, 1, 32, 52.3, "streaming", ""),
+            CameraStatus("lwir", "lwir", 60, 59.8, 738, 12, 3, 3, 32, 7.4, "reconnecting", "in FFC", 1.5)]
     s = RecorderStatus(Path("rig-demo/session-20261125-120000"), 12.3, 30.0, cams, 20_100_000_000, 1 << 30,
                        "52.12345 N 4.56789 E 12.3 m/s 9 sats", 3, 2)
     console = Console(width=80, record=True, force_terminal=False)
     console.print(render_status(s))
     table = console.export_text()
     _fits_80(table)
-    for value in ("29.9/30", "59.8/60", "reconnecting, in FFC", "3/32", "(3 bad sentences)", "9 sats"):
+    for value in ("29.9/30", "59.8/60", "reconnecting, in FFC", "down 1.5 s", "3/32", "(3 bad sentences)", "9 sats"):
         assert value in table
     plain = status_line(s)
     _fits_80(plain)
-    assert plain.splitlines()[2] == "  visible 29.9/30 fps, 369 frames, 0 drops, q 1, 52.3 MB/s"
+    assert plain.splitlines()[2] == "  visible 29.9/30 fps, 369 frames, 0 lost, q 1, 52.3 MB/s"
+    assert "lost" in table.splitlines()[1] and "drops" not in table
     cal = CalibrationStatus(123.4, 412, 17, {"not-detected": 120, "moving": 250, "not-new": 25},
                             {"visible": 0.889, "lwir": 1.0}, {"visible": 0.45, "lwir": 0.61}, 3, True,
                             "kept view 17 (new pose 0.08)", True)

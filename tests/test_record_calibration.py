@@ -11,18 +11,10 @@ from rig.calibration.record import CalibrationRecorder, CoverageGoal
 from rig.capture.sim_camera import sim_cameras_for_board
 from rig.errors import RigError
 from rig.rigconfig import parse_rig
+from simrigs import small_rig_dict
 from rig.session import SessionReader
 
-CAL_RIG = {
-    "rig": "calsmall",
-    "cameras": [
-        {"name": "visible", "role": "visible", "driver": "sim", "resolution": [640, 400], "pixel_format": "BayerRG8",
-         "fps": 30, "sim": {"intrinsics": {"fx": 567, "fy": 567, "cx": 320, "cy": 200}}},
-        {"name": "lwir", "role": "lwir", "driver": "sim", "resolution": [320, 256], "pixel_format": "Mono16",
-         "fps": 60, "sim": {"intrinsics": {"fx": 371, "fy": 371, "cx": 160, "cy": 128},
-                            "pose": {"rotation_deg": [0.6, -0.8, 0.3], "position_m": [0.12, 0.05, 0.0]}}},
-    ],
-}
+CAL_RIG = small_rig_dict("calsmall")
 GOAL = CoverageGoal(min_views=6, max_views=20, min_cells=0.75, min_area=0.2, min_tilted=2)
 
 

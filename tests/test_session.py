@@ -18,18 +18,11 @@ import yaml
 from rig.session import FrameFlags
 from rig.errors import RigError
 from rig.rigconfig import parse_rig
+from simrigs import small_rig_dict
 from rig.session import (HEADER_SIZE, INDEX_SIZE, DiskFullError, SessionReader, SessionWriter, pair_by_counter,
                          pair_by_timestamp)
 
-SMALL_RIG = {
-    "rig": "small",
-    "cameras": [
-        {"name": "visible", "role": "visible", "driver": "sim", "resolution": [64, 48], "pixel_format": "BayerRG8",
-         "fps": 30, "sim": {"intrinsics": {"fx": 50, "fy": 50, "cx": 32, "cy": 24}}},
-        {"name": "lwir", "role": "lwir", "driver": "sim", "resolution": [32, 24], "pixel_format": "Mono16",
-         "fps": 60, "sim": {"intrinsics": {"fx": 30, "fy": 30, "cx": 16, "cy": 12}}},
-    ],
-}
+SMALL_RIG = small_rig_dict(visible=(64, 48), lwir=(32, 24), visible_fx=50, lwir_fx=30, lwir_pose=None)
 
 
 def frame_image(camera: str, seq: int, shape=None) -> np.ndarray:
