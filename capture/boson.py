@@ -10,11 +10,21 @@ at the rig's fps), while control still talks to whatever is on ``serial_port`` â
 typically ``rig emulate boson``. That lets ``rig record`` run end to end without
 a camera. Pass ``emulated_video=False`` to refuse this and require a device.
 
-FFC: the driver polls the camera's FFC state every ``ffc_poll_s`` (every frame
-while one is running) and flags frames taken during an FFC with
-:attr:`FrameFlags.FFC`; if the state cannot be read, frames are flagged too
-(later stages skip them rather than trust them). :meth:`BosonCamera.run_ffc`
-starts one.
+Control runs on its own thread (:class:`~rig.capture.control.ControlLoop`,
+started and stopped with streaming): FFC requests, the FFC state and last-FFC
+frame count every ``ffc_poll_s`` (``busy_poll_s`` while an FFC runs) and the FPA
+temperature. :meth:`grab` only reads video: it never waits on the serial line.
+Frames get :attr:`FrameFlags.FFC` from the camera's :attr:`ffc_windows` (see
+:mod:`rig.capture.control`): inside an open window at grab time they are flagged
+at once; frames whose state is not known yet are decided by the recorder, which
+holds them until it is. :meth:`request_ffc` asks for an FFC without waiting.
+A control channel that fails ``lost_after`` polls in a row (the port is gone)
+makes :meth:`grab` raise :class:`CameraError`: the recorder's reconnect layer
+takes over.
+
+Frame counters: the V4L2 path numbers frames by the driver's buffer ``sequence``
+(a jump is a frame lost in the driver) and stamps them with the buffer's
+capture timestamp; the emulated path by its own frame index.
 """
 
 from __future__ import annotations
@@ -22,10 +32,11 @@ from __future__ import annotations
 import logging
 import time
 
-from rig.capture.boson_control import BosonControl
+from rig.capture.boson_control import BosonControl, UnknownStateError
 from rig.capture.boson_protocol import FfcState
 from rig.capture.boson_video import EmulatedY16Video, V4L2Y16Video
 from rig.capture.camera import Camera, CameraError, DeviceInfo, Frame, FrameFlags, now_ns
+from rig.capture.control import ControlLoop, ControlStatus, FfcWindows
 from rig.rigconfig import CameraSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +54,8 @@ class BosonCamera(Camera):
         reply_timeout_s: float = 0.25,
         attempts: int = 4,
         ffc_poll_s: float = 0.1,
+        busy_poll_s: float = 0.02,
+        ffc_settle_s: float = 0.05,
         emulated_video: bool = True,
     ):
         super().__init__(spec)
@@ -51,12 +64,13 @@ class BosonCamera(Camera):
         self.reply_timeout_s = reply_timeout_s
         self.attempts = attempts
         self.ffc_poll_s = ffc_poll_s
+        self.busy_poll_s = busy_poll_s
         self.emulated_video = emulated_video
+        self.ffc_windows = FfcWindows(ffc_settle_s)  # kept across reopens: one timeline per camera
         self._ctl: BosonControl | None = None
         self._video: V4L2Y16Video | EmulatedY16Video | None = None
         self._info_cache: DeviceInfo | None = None
-        self._ffc_busy = False
-        self._next_poll = 0.0
+        self._loop: ControlLoop | None = None
         self._last_index = -1
         self._base_count = 0
 
@@ -107,14 +121,24 @@ class BosonCamera(Camera):
     def _start(self) -> None:
         self._base_count = self._call(self.control.frame_count)
         self._last_index = -1
-        self._ffc_busy = False
-        self._next_poll = 0.0
+        self.ffc_windows.reset_counter()
         self._video.start()
+        ctl = self.control
+        self._loop = ControlLoop(self.name, self.ffc_windows, self._poll_ffc, ctl.run_ffc, ctl.fpa_temperature_c,
+                                 poll_s=self.ffc_poll_s, busy_poll_s=self.busy_poll_s, on_poll=self._on_poll)
+        self._loop.start()
 
     def _stop(self) -> None:
-        return None
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+        if isinstance(self._video, V4L2Y16Video):
+            self._video.stop()
 
     def _close(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
         if self._video is not None:
             self._video.close()
             self._video = None
@@ -123,13 +147,19 @@ class BosonCamera(Camera):
             self._ctl = None
 
     def _grab(self, timeout_s: float) -> Frame | None:
+        if self._loop is not None and (lost := self._loop.status.lost):
+            raise CameraError(f"{self.name}: {lost}")
         got = self._video.read(timeout_s)
         if got is None:
             return None
-        image, index = got
         host_ns, wall_ns = now_ns()
-        flags = FrameFlags.NONE
-        if self._ffc_active():
+        device_ns = None
+        image, index = got.image, got.index
+        if got.monotonic_ns is not None:  # V4L2: the driver's capture time, on the host's monotonic clock
+            wall_ns -= host_ns - got.monotonic_ns
+            host_ns = device_ns = got.monotonic_ns
+        flags = FrameFlags.NONE if device_ns is not None else FrameFlags.HOST_TIMESTAMP_ONLY
+        if self.ffc_windows.decide(host_ns):
             flags |= FrameFlags.FFC
         if self._last_index >= 0 and index > self._last_index + 1:
             flags |= FrameFlags.GAP_BEFORE
@@ -140,8 +170,8 @@ class BosonCamera(Camera):
             frame_counter=self._base_count + index,
             host_ns=host_ns,
             wall_ns=wall_ns,
-            device_ns=None,
-            flags=flags | FrameFlags.HOST_TIMESTAMP_ONLY,
+            device_ns=device_ns,
+            flags=flags,
             pixel_format=self.spec.pixel_format,
         )
 
@@ -149,30 +179,46 @@ class BosonCamera(Camera):
         return self._info_cache
 
     # -- Boson specifics --------------------------------------------------------
-    def run_ffc(self) -> None:
-        """Start a flat-field correction; frames are flagged FFC until the camera reports it complete."""
-        self._call(self.control.run_ffc)
-        self._ffc_busy = True
-        self._next_poll = 0.0
+    def request_ffc(self) -> None:
+        """Ask for a flat-field correction; returns at once (the control thread sends it)."""
+        if self._loop is None:
+            raise CameraError(f"{self.name}: request_ffc() before start()")
+        self._loop.request_ffc()
 
-    def fpa_temperature_c(self) -> float:
+    def run_ffc(self) -> None:
+        """Start a flat-field correction: through the control thread while streaming, directly otherwise."""
+        if self._loop is not None:
+            self._loop.request_ffc()
+            return
+        self.ffc_windows.request(time.monotonic_ns())
+        self._call(self.control.run_ffc)
+
+    @property
+    def control_status(self) -> ControlStatus | None:
+        """What the control thread knows (temperature, FFC, failures); None unless streaming."""
+        return self._loop.status if self._loop is not None else None
+
+    def fpa_temperature_c(self) -> float | None:
+        """The FPA temperature: the control thread's latest reading while streaming, else read now."""
+        if self._loop is not None:
+            return self._loop.status.temperature_c
         return self._call(self.control.fpa_temperature_c)
 
-    def _ffc_active(self) -> bool:
-        now = time.monotonic()
-        if now < self._next_poll:
-            return self._ffc_busy
+    def _poll_ffc(self) -> tuple[bool, int]:
+        """One FFC poll on the control thread: (busy, last-FFC frame count)."""
         try:
-            state = self.control.ffc_state()
-            self._ffc_busy = state in _FFC_BUSY
-            if isinstance(self._video, EmulatedY16Video):
-                self._video.freeze = self._ffc_busy
-                self._video.fpa_temperature_c = self.control.fpa_temperature_c()
-        except CameraError as exc:
-            log.warning("%s: FFC state unknown, flagging frame as FFC: %s", self.name, exc)
-            self._ffc_busy = True
-        self._next_poll = now if self._ffc_busy else now + self.ffc_poll_s
-        return self._ffc_busy
+            busy = self.control.ffc_state() in _FFC_BUSY
+        except UnknownStateError as exc:  # the channel works, the state is not understood: flag, don't trust
+            log.warning("%s: %s; flagging frames as FFC", self.name, exc)
+            busy = True
+        return busy, self.control.last_ffc_frame_count()
+
+    def _on_poll(self, status: ControlStatus) -> None:
+        video = self._video
+        if isinstance(video, EmulatedY16Video):  # the Boson repeats its last image while the shutter is closed
+            video.freeze = status.ffc_active
+            if status.temperature_c is not None:
+                video.fpa_temperature_c = status.temperature_c
 
     def _call(self, fn, *args):
         """Run a control/video call, naming this camera in any CameraError."""

@@ -140,6 +140,10 @@ def _next_sequence(seq: int) -> int:
             return seq
 
 
+class UnknownStateError(CameraError):
+    """A valid reply carrying a state value this driver does not know (the channel itself works)."""
+
+
 class _CheckedBoson(Boson):
     """flirpy's Boson with a validating transaction. Internal to :class:`BosonControl`."""
 
@@ -294,7 +298,12 @@ class BosonControl:
         return self._cam.get_frame_count()
 
     def ffc_state(self) -> FfcState:
-        return FfcState(self._cam.get_ffc_state())
+        value = self._cam.get_ffc_state()
+        try:
+            return FfcState(value)
+        except ValueError:  # a valid reply with a state this driver does not know: not a transport fault
+            known = ", ".join(f"{s.value} {s.name.lower()}" for s in FfcState)
+            raise UnknownStateError(f"Boson on {self.port} reported unknown FFC state {value} (known: {known})") from None
 
     def last_ffc_frame_count(self) -> int:
         return self._cam.get_last_ffc_frame_count()

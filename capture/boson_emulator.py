@@ -147,6 +147,7 @@ class BosonEmulator:
         self._ext_sync = ExtSyncMode.DISABLED
         self._boot = 0.0
         self._ffc_start: float | None = None  # start of the latest FFC
+        self.ffc_history: list[tuple[float, float]] = []  # (start, end) of every FFC, on ``clock`` (tests)
         self._last_ffc_frame = 0
         self._last_ffc_temp_dk = 0
         self._last_reply: bytes | None = None
@@ -234,6 +235,7 @@ class BosonEmulator:
 
     def _start_ffc_locked(self) -> None:
         self._ffc_start = self._t()
+        self.ffc_history.append((self._boot + self._ffc_start, self._boot + self._ffc_start + self.ffc_duration_s))
         self._last_ffc_frame = self.frame_count()
         self._last_ffc_temp_dk = round((self.fpa_temperature_c() + 273.15) * 10)
 

@@ -1,19 +1,28 @@
 """16-bit video sources for the Boson driver: V4L2 (a real camera) and emulated (dry runs).
 
-Both deliver ``(image, index)``: ``image`` a 2-D ``uint16`` array the caller owns,
-``index`` the source's frame number (a jump means frames were lost).
+Both deliver a :class:`VideoFrame`: ``image`` a 2-D ``uint16`` array the caller
+owns, ``index`` the source's frame number (a jump means frames were lost) and, for
+V4L2, the driver's capture time on ``CLOCK_MONOTONIC``.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from rig.capture.camera import CameraError
+from rig.capture.v4l2 import Y16, V4L2Capture
 
-Y16 = cv2.VideoWriter_fourcc(*"Y16 ")
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """One 16-bit frame from a video source."""
+
+    image: np.ndarray
+    index: int  # V4L2: the driver's buffer sequence; emulated: the frame slot
+    monotonic_ns: int | None = None  # capture time (CLOCK_MONOTONIC) if the source stamps it
 
 
 def as_y16(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -30,47 +39,38 @@ def as_y16(img: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 class V4L2Y16Video:
-    """A V4L2 device read through OpenCV in Y16 (pre-AGC, 16-bit), never converted to 8-bit."""
+    """A V4L2 device in Y16 (pre-AGC, 16-bit), read with :class:`~rig.capture.v4l2.V4L2Capture`.
 
-    def __init__(self, device: str, width: int, height: int, fps: float):
+    Frames are numbered by the driver's buffer ``sequence`` (frames lost in the
+    driver show as a jump) and stamped with the buffer's capture time.
+    """
+
+    def __init__(self, device: str, width: int, height: int, fps: float, **capture_kwargs):
         self.device = device
         self.width, self.height, self.fps = width, height, fps
-        self._cap: cv2.VideoCapture | None = None
-        self._index = -1
+        self._cap = V4L2Capture(device, width, height, Y16, fps, **capture_kwargs)
 
     def open(self) -> None:
-        dev: int | str = int(self.device) if self.device.isdigit() else self.device
-        cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
-        if not cap.isOpened():
-            raise CameraError(f"cannot open video device {self.device} (V4L2)")
-        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
-        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
-        # Order matters (as in flirpy): FOURCC first, then no RGB conversion.
-        cap.set(cv2.CAP_PROP_FOURCC, Y16)
-        cap.set(cv2.CAP_PROP_CONVERT_RGB, 0)
-        cap.set(cv2.CAP_PROP_FPS, self.fps)
-        if int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF != Y16:
-            cap.release()
-            raise CameraError(f"video device {self.device} does not offer Y16 (16-bit) video")
-        self._cap = cap
+        self._cap.open()
 
     def start(self) -> None:
-        self._index = -1
+        self._cap.start()
 
-    def read(self, timeout_s: float) -> tuple[np.ndarray, int] | None:
-        if self._cap is None:
-            raise CameraError(f"video device {self.device} not open")
-        self._cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(1.0, timeout_s * 1000.0))
-        ok, img = self._cap.read()
-        if not ok or img is None:
+    def stop(self) -> None:
+        self._cap.stop()
+
+    def read(self, timeout_s: float) -> VideoFrame | None:
+        got = self._cap.read(timeout_s)
+        if got is None:
             return None
-        self._index += 1  # UVC gives no frame counter without telemetry: gaps are not detectable
-        return as_y16(img, self.width, self.height), self._index
+        if len(got.data) != 2 * self.width * self.height:
+            raise CameraError(f"video device {self.device}: frame of {len(got.data)} bytes, "
+                              f"expected {2 * self.width * self.height} (Y16 {self.width}x{self.height})")
+        raw = np.frombuffer(got.data, dtype=np.uint8)
+        return VideoFrame(as_y16(raw, self.width, self.height), got.sequence, got.monotonic_ns)
 
     def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        self._cap.close()
 
 
 class Y16Renderer:
@@ -129,7 +129,7 @@ class EmulatedY16Video:
         self._t0 = time.monotonic()
         self._last = -1
 
-    def read(self, timeout_s: float) -> tuple[np.ndarray, int] | None:
+    def read(self, timeout_s: float) -> VideoFrame | None:
         now = time.monotonic()
         index = max(self._last + 1, int((now - self._t0) * self.fps))
         due = self._t0 + index / self.fps
@@ -140,9 +140,9 @@ class EmulatedY16Video:
             time.sleep(due - now)
         self._last = index
         if self.freeze and self._last_img is not None:
-            return self._last_img.copy(), index
+            return VideoFrame(self._last_img.copy(), index)
         self._last_img = self._renderer.render(index, self.fpa_temperature_c)
-        return self._last_img.copy(), index
+        return VideoFrame(self._last_img.copy(), index)
 
     def close(self) -> None:
         self._last_img = None

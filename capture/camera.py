@@ -178,15 +178,18 @@ def open_cameras(cameras: list[Camera]) -> None:
     opened: list[Camera] = []
     try:
         for cam in cameras:
+            opened.append(cam)  # closed on failure even if only open() succeeded (configure() failed)
             try:
                 cam.open()
                 cam.configure()
             except CameraError as exc:
                 raise RigError(f"cannot start camera '{cam.name}': {exc}") from None
-            opened.append(cam)
     except BaseException:
         for cam in opened:
-            cam.close()
+            try:
+                cam.close()
+            except Exception:  # noqa: BLE001 - closing what was opened must not hide the first error
+                pass
         raise
 
 

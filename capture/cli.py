@@ -82,6 +82,12 @@ def _register_record(subparsers) -> None:
             "--drive records everything until Ctrl-C or --duration; --calibration keeps only still board "
             "views that add coverage, until coverage is sufficient. Without --rig the simulated rig is used."
         ),
+        epilog=(
+            "Exit status (--drive): 0 complete; 1 stopped because the disk reserve was reached; 2 an error "
+            "(one line on stderr); 3 degraded: the session was recorded but a camera was down for part of "
+            "the run or the GPS failed (manifest status 'degraded'; the outages are printed and kept in the "
+            "manifest's stats)."
+        ),
     )
     mode = rec.add_mutually_exclusive_group(required=True)
     mode.add_argument("--drive", action="store_true", help="record a drive (all frames)")
@@ -207,14 +213,21 @@ def _install_sigterm(stop) -> None:
         pass
 
 
+EXIT_DISK_FULL = 1
+EXIT_DEGRADED = 3
+
+
 def camera_lines(result) -> list[str]:
-    """Per camera, two short lines (they fit 80 columns): frames and rate, then what was flagged."""
+    """Per camera, short lines (they fit 80 columns): frames and rate, loss (as ``rig session info``), flags, outage."""
     lines = []
     for name, c in result.cameras.items():
         lines.append(f"{name}: {c.frames} frames, {c.fps_measured:.2f} fps (target {c.fps_target:g}), "
                      f"{c.bytes / 1e6:.0f} MB")
-        lines.append(f"  {c.drops} dropped, {c.ffc_frames} in FFC, {c.unpaired} unpaired, "
-                     f"{c.reconnects} reconnects")
+        queue = f" ({c.dropped_in_queue} in our queue)" if c.dropped_in_queue else ""
+        lines.append(f"  lost {c.lost}{queue}, {c.gaps} timing gaps, {c.ffc_frames} in FFC, {c.unpaired} unpaired")
+        if c.disconnects:
+            tail = ", still down at the end" if c.down_at_end else ""
+            lines.append(f"  down {c.down_s:.1f} s: {c.disconnects} disconnects, {c.reconnects} reconnects{tail}")
     return lines
 
 
@@ -244,13 +257,18 @@ def _record_drive(args, rig, out: Path, console) -> int:
     if result.pairing:
         print(pairing_line(result.pairing, result.frames))
     if result.gps is not None:
-        print(f"GPS: {result.gps['fixes']} fixes, {result.gps['bad']} bad sentences")
+        g = result.gps
+        down = f", down {g['down_s']:.1f} s ({g['outages']} outages, {g['reopens']} reopens)" if g["outages"] else ""
+        print(f"GPS: {g['fixes']} fixes, {g['bad']} bad sentences{down}")
     print(f"session {result.path}: {result.status} ({result.stop_reason})", flush=True)
     if result.stop_reason == "disk-full":
         console.print(f"[bold yellow]stopped: {result.message}[/]", highlight=False)
-        return 1
+        return EXIT_DISK_FULL
     if result.stop_reason == "error":
         raise RigError(f"recording stopped: {result.message}")
+    if result.status == "degraded":
+        console.print(f"[bold yellow]degraded: {'; '.join(result.degraded)}[/]", highlight=False)
+        return EXIT_DEGRADED
     return 0
 
 

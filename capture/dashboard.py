@@ -29,12 +29,14 @@ class CameraStatus:
     fps_target: float
     fps_actual: float
     frames: int
-    drops: int
+    lost: int  # frames missing by counter among those written (as ``rig session info`` counts them)
+    dropped_in_queue: int  # frames our queue dropped (part of ``lost`` once a later frame is written)
     queue_depth: int
     queue_capacity: int
     mb_per_s: float
     state: str  # streaming | reconnecting | stopped
     ffc: str  # "" (not an LWIR camera), "idle", "in FFC"
+    down_s: float = 0.0  # time disconnected so far
 
 
 @dataclass(frozen=True)
@@ -79,17 +81,18 @@ def _mb(n: int) -> str:
 
 
 def _state(c: CameraStatus) -> str:
-    return c.state + (", in FFC" if c.ffc == "in FFC" else "")
+    down = f", down {c.down_s:.1f} s" if c.down_s > 0 else ""
+    return c.state + (", in FFC" if c.ffc == "in FFC" else "") + down
 
 
 def render_status(s: RecorderStatus) -> Group:
     """The dashboard as a rich renderable (fits 80 columns)."""
-    table = Table("camera", "fps", "frames", "drops", "queue", "MB/s", "state", title=f"recording {s.path}",
+    table = Table("camera", "fps", "frames", "lost", "queue", "MB/s", "state", title=f"recording {s.path}",
                   box=box.SIMPLE_HEAD, title_justify="left")
     for c in s.cameras:
-        drops = Text(str(c.drops), style="bold red" if c.drops else "")
-        state = Text(_state(c), style="green" if c.state == "streaming" else "yellow")
-        table.add_row(c.name, f"{c.fps_actual:.1f}/{c.fps_target:g}", str(c.frames), drops,
+        lost = Text(str(c.lost), style="bold red" if c.lost else "")
+        state = Text(_state(c), style="green" if c.state == "streaming" and not c.down_s else "yellow")
+        table.add_row(c.name, f"{c.fps_actual:.1f}/{c.fps_target:g}", str(c.frames), lost,
                       f"{c.queue_depth}/{c.queue_capacity}", f"{c.mb_per_s:.1f}", state)
     for col in table.columns:
         col.overflow = "fold"  # never cut a value short
@@ -110,9 +113,13 @@ def status_line(s: RecorderStatus) -> str:
     head = f"[{s.elapsed_s:6.1f} s] disk free {_mb(s.disk_free_bytes)}, FFCs {s.ffc_events}"
     lines = [f"{head}, {gps}"] if s.gps == "off" else [head, f"  {gps}"]
     for c in s.cameras:
-        extra = "" if c.state == "streaming" and c.ffc != "in FFC" else f", {_state(c)}"
-        lines.append(f"  {c.name} {c.fps_actual:.1f}/{c.fps_target:g} fps, {c.frames} frames, {c.drops} drops, "
-                     f"q {c.queue_depth}, {c.mb_per_s:.1f} MB/s{extra}")
+        extra = "" if c.state == "streaming" and c.ffc != "in FFC" and not c.down_s else f", {_state(c)}"
+        line = (f"  {c.name} {c.fps_actual:.1f}/{c.fps_target:g} fps, {c.frames} frames, {c.lost} lost, "
+                f"q {c.queue_depth}, {c.mb_per_s:.1f} MB/s")
+        if len(line + extra) <= 80:
+            lines.append(line + extra)
+        else:
+            lines += [line, f"    {_state(c)}"]
     return "\n".join(lines)
 
 

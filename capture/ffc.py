@@ -1,13 +1,17 @@
 """Flat-field corrections (FFC) during a drive: observing them and scheduling them.
 
-Frames the drivers flag ``FFC`` are kept (later stages skip them);
-:func:`observe_ffc` turns each run of them into an ``ffc`` event with ``state:
-start`` / ``state: end`` (and the number of flagged frames). Cameras that can run
-one on request (``run_ffc()``, the Boson) get one every ``interval_s`` and, with
-``when_stopped``, when GPS says the vehicle has stood still for
-``stopped_for_s`` (at most once per ``min_gap_s``): :class:`FfcScheduler`. The
-request is only *marked* on the stream; the camera's own grab thread executes it
-between two grabs, so the control channel is never used by two threads.
+Frames flagged ``FFC`` are kept (later stages skip them); :func:`observe_ffc`
+turns each run of written flagged frames into an ``ffc`` event with ``state:
+start`` / ``state: end`` (and the number of flagged frames). Cameras with FFC
+windows (:mod:`rig.capture.control`, the Boson) have the flag of each frame
+decided by the recorder from the windows when the state for the frame's time is
+known, and each closed window is logged as an ``ffc_window`` event.
+
+Cameras that can run one on request (``request_ffc()``, the Boson) get one every
+``interval_s`` and, with ``when_stopped``, when GPS says the vehicle has stood
+still for ``stopped_for_s`` (at most once per ``min_gap_s``): :class:`FfcScheduler`.
+``request_ffc()`` returns at once: the camera's control thread sends the command,
+so neither the recorder's loop nor the grab thread waits on the control channel.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class FfcScheduler:
     def tick(self, now: float, streams: Sequence[CameraStream], speed_fix, log_event: LogEvent) -> None:
         """Request an FFC where one is due (``speed_fix``: the latest GPS fix with a speed, or None)."""
         p = self.policy
-        capable = [s for s in streams if s.camera.role == "lwir" and hasattr(s.camera, "run_ffc")]
+        capable = [s for s in streams if s.camera.role == "lwir" and hasattr(s.camera, "request_ffc")]
         if not capable:
             return
         why = None
@@ -63,7 +67,11 @@ class FfcScheduler:
         for s in capable:
             if s.state == "streaming" and not s.in_ffc:
                 s.last_ffc_request = now
-                s.ffc_requested = True
+                try:
+                    s.camera.request_ffc()
+                except Exception as exc:  # noqa: BLE001 - a camera going down is the grab thread's business
+                    log_event("ffc_schedule", camera=s.name, reason=why, ok=False, error=str(exc))
+                    continue
                 log_event("ffc_schedule", camera=s.name, reason=why)
 
     def vehicle_stopped(self, now: float, fix) -> bool:

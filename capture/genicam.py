@@ -15,6 +15,14 @@
   event, closed, and reopened with backoff; the first frame after it is flagged
   :attr:`FrameFlags.RECONNECTED`). One layer, so every reconnect is in the
   session's event log and no driver retry hides a lost device from the user.
+* Device counters: ``frame_counter`` is the buffer's GenTL ``FrameID`` (or the
+  ``ChunkFrameID`` chunk where the device has it), so frames the device or the
+  transport lost show as a counter jump (``GAP_BEFORE``, and the session's ``lost``);
+  only a device without either is numbered by a host counter. ``device_ns`` is the
+  buffer timestamp (``ChunkTimestamp`` where present, in ns, else the GenTL buffer
+  timestamp converted by its tick frequency). ``configure()`` enables the FrameID and
+  Timestamp chunks where the device offers them (viky offers neither chunk, but has
+  a FrameID).
 * Where the device gives no timestamp, ``device_ns`` is None and the frame is
   flagged :attr:`FrameFlags.HOST_TIMESTAMP_ONLY`.
 
@@ -126,6 +134,7 @@ class GenicamCamera(Camera):
         if self._has("AcquisitionFrameRateEnable"):
             self._set("AcquisitionFrameRateEnable", True)
         self._set("AcquisitionFrameRate", spec.fps)
+        self._enable_chunks()
         if spec.sync.mode == "hardware" and spec.sync.master != self.name:
             self._set_enum("TriggerSelector", "FrameStart", quiet=True)
             self._set_enum("TriggerMode", "On")
@@ -158,8 +167,10 @@ class GenicamCamera(Camera):
             with self._ia.fetch(timeout=max(timeout_s, 0.001)) as buf:
                 host_ns, wall_ns = now_ns()
                 image, pixel_format = self._copy_image(buf)
-                frame_id = self._frame_id(buf)
-                device_ns = self._timestamp_ns(buf)
+                frame_id = self._chunk("ChunkFrameID")
+                frame_id = self._frame_id(buf) if frame_id is None else frame_id
+                device_ns = self._chunk("ChunkTimestamp")
+                device_ns = self._timestamp_ns(buf) if device_ns is None else device_ns
         except TimeoutException:
             self.timeouts += 1
             self._timeouts_in_row += 1
@@ -193,6 +204,32 @@ class GenicamCamera(Camera):
         shape = (h, w) if channels == 1 else (h, w, channels)
         return np.array(data[: w * h * channels].reshape(shape), copy=True), str(comp.data_format)
 
+    def _enable_chunks(self) -> None:
+        """Turn on the FrameID and Timestamp chunks where the device offers them (quietly: optional)."""
+        self._chunks: set[str] = set()
+        if not (self._has("ChunkModeActive") and self._has("ChunkSelector")):
+            return
+        offered = set(getattr(self.node_map, "ChunkSelector").symbolics)
+        wanted = [c for c in ("FrameID", "Timestamp") if c in offered]
+        if not wanted:
+            return
+        try:
+            self.node_map.ChunkModeActive.value = True
+            for c in wanted:
+                self.node_map.ChunkSelector.value = c
+                self.node_map.ChunkEnable.value = True
+                self._chunks.add(f"Chunk{c}")
+        except Exception as exc:  # noqa: BLE001 - chunks are a bonus; buffer metadata still works
+            log.warning("%s: cannot enable chunks %s: %s", self.name, wanted, exc)
+
+    def _chunk(self, name: str) -> int | None:
+        if name not in getattr(self, "_chunks", ()):
+            return None
+        try:
+            return int(getattr(self.node_map, name).value)
+        except Exception:  # noqa: BLE001 - a buffer without the chunk
+            return None
+
     @staticmethod
     def _frame_id(buf: Any) -> int | None:
         try:
@@ -202,6 +239,12 @@ class GenicamCamera(Camera):
 
     @staticmethod
     def _timestamp_ns(buf: Any) -> int | None:
+        try:
+            ts_ns = int(buf.timestamp_ns)  # GenTL BUFFER_INFO_TIMESTAMP_NS; viky: not available
+            if ts_ns:
+                return ts_ns
+        except Exception:  # noqa: BLE001
+            pass
         ts = buf.timestamp  # harvesters: ns if the producer has it, else ticks, else 0
         if not ts:
             return None

@@ -175,9 +175,11 @@ def _gga(f: list[str], talker: str, host_ns: int) -> GpsFix:
 class NmeaParser:
     """Turns a byte stream into fixes; corrupt input is counted in :attr:`stats`, never raised."""
 
-    def __init__(self):
+    def __init__(self, keep_raw: bool = False):
         self.stats = NmeaStats()
         self._buf = bytearray()
+        self.keep_raw = keep_raw
+        self.raw: list[tuple[int, str]] = []  # (host_ns the line ended, line as received) when keep_raw
 
     def feed(self, data: bytes, host_ns: int | None = None) -> list[GpsFix]:
         host_ns = time.monotonic_ns() if host_ns is None else host_ns
@@ -186,6 +188,8 @@ class NmeaParser:
         while (nl := self._buf.find(b"\n")) >= 0:
             raw = bytes(self._buf[:nl])
             del self._buf[: nl + 1]
+            if self.keep_raw and raw.strip():
+                self.raw.append((host_ns, raw[: 2 * MAX_LINE].decode("ascii", "replace").rstrip("\r")))
             if (fix := self._line(raw, host_ns)) is not None:
                 out.append(fix)
         if len(self._buf) > MAX_LINE:  # no newline in sight: noise
@@ -221,10 +225,10 @@ class NmeaParser:
 class GpsReader:
     """An NMEA receiver on a serial port (pyserial). Construction does no I/O."""
 
-    def __init__(self, port: str, baudrate: int = 9600):
+    def __init__(self, port: str, baudrate: int = 9600, *, keep_raw: bool = False):
         self.port = port
         self.baudrate = baudrate
-        self.parser = NmeaParser()
+        self.parser = NmeaParser(keep_raw)
         self._serial = None
         self.latest: GpsFix | None = None
 
@@ -270,7 +274,12 @@ class GpsReader:
             chunk = self._serial.read(1)
             if chunk:
                 chunk += self._serial.read(self._serial.in_waiting)
-                out += self.parser.feed(chunk)
+                out += self.parser.feed(chunk, time.monotonic_ns())  # each line: when its end arrived
         if out:
             self.latest = out[-1]
+        return out
+
+    def take_raw(self) -> list[tuple[int, str]]:
+        """Raw lines read since the last call, each with the host time its end arrived (``keep_raw``)."""
+        out, self.parser.raw = self.parser.raw, []
         return out

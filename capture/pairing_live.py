@@ -69,7 +69,7 @@ class LivePairing:
         if a.camera.role != "visible":
             a, b = b, a
         if self.mode == "counter":
-            pairs = pair_by_counter(a.records, b.records)
+            pairs = pair_by_counter(a.records, b.records, self.window_ns)  # as the reader pairs: counter and time
         else:
             pairs = pair_by_timestamp(a.records, b.records, self.window_ns)
         used_a = {p.a.seq for p in pairs}

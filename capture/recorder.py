@@ -5,7 +5,7 @@
     rig = load_rig("sim")
     with Recorder(rig, "drive01", cameras=my_cameras) as rec:   # opens cameras, creates the session
         result = rec.run(duration_s=30)                           # Ctrl-C also ends it cleanly
-    print(result.frames, result.drops)
+    print(result.frames, result.lost, result.status)              # status: complete | degraded | aborted
 
 :class:`Recorder` orchestrates; each job lives in its own module:
 
@@ -14,11 +14,32 @@
   ``GAP_BEFORE``), and the one reconnect layer (backoff reopen);
 * :mod:`rig.capture.pairing_live`: live ``UNPAIRED`` flags and the manifest's pairing summary;
 * :mod:`rig.capture.ffc`: ``ffc`` events and FFC scheduling (interval, vehicle stopped);
+* :mod:`rig.capture.control`: FFC windows of cameras with a control thread (the Boson); the
+  writer holds a frame until its camera knows the FFC state for the frame's time (at most
+  ``ffc_hold_s``, then it is flagged ``FFC``: unknown is not trusted);
 * :mod:`rig.capture.gps_log`: the GPS thread (``gps`` events);
 * :mod:`rig.capture.dashboard`: status snapshots and rates for the live dashboard;
+* :mod:`rig.capture.results`: :class:`RecordingResult`, read back from the finished session;
 * :mod:`rig.capture.sim_camera`: the simulated rig's cameras (:func:`record_drive` uses them).
 
 The calling thread runs :meth:`Recorder.run`: deadline, FFC scheduling, status for the dashboard.
+
+One loss model
+--------------
+A camera's ``lost`` is the number of frames missing by frame counter among the
+frames written (counters are assigned by the device or at grab, so frames dropped
+in our queues are included; ``dropped_in_queue`` says how many of them were ours).
+Timing gaps are counted apart (``gaps``). The dashboard counts ``lost`` the same
+way as frames are written, the manifest's ``stats.lost`` is that count, and
+:class:`RecordingResult` is built from the finished session's
+:meth:`~rig.session.SessionReader.summary` - the numbers ``rig session info`` shows.
+
+Degraded runs
+-------------
+A camera that was down for part of the run (disconnected until reconnected, or
+until the end) or a GPS that failed (read errors, or silent for ``gps_silence_s``)
+makes the run ``degraded``: manifest status ``degraded``, ``stats.outages`` and
+``stats.degraded`` (one line per outage), and :attr:`RecordingResult.degraded`.
 
 Faults
 ------
@@ -33,7 +54,8 @@ Faults
   (``reconnect_backoff_s`` .. ``reconnect_backoff_max_s``); the other cameras
   keep recording. The first frame after a reconnect is flagged ``RECONNECTED``.
   Drivers do not reconnect on their own (see :mod:`rig.capture.streams`).
-* A bad GPS sentence is counted (``gps_stats`` event and manifest stats), never fatal.
+* A bad GPS sentence is counted (``gps_stats`` event and manifest stats), never fatal;
+  a failing GPS port is reopened with backoff (:mod:`rig.capture.gps_log`).
 """
 
 from __future__ import annotations
@@ -43,7 +65,6 @@ import queue
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -52,61 +73,17 @@ from rig.capture.dashboard import CameraStatus, RateWindow, RecorderStatus
 from rig.capture.ffc import FfcPolicy, FfcScheduler, observe_ffc
 from rig.capture.gps_log import GpsLogger
 from rig.capture.pairing_live import LivePairing
+from rig.capture.results import CameraResult, RecordingResult, result_dict
 from rig.capture.streams import CameraStream, RecordingWindow, StreamOptions, acquire_loop, write_loop
 from rig.errors import RigError
 from rig.rigconfig import RigConfig
-from rig.session import HEADER_SIZE, DiskFullError, SessionWriter
+from rig.session import HEADER_SIZE as HEADER_BYTES
+from rig.session import DiskFullError, SessionReader, SessionWriter
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CameraResult", "CameraStatus", "Recorder", "RecorderStatus", "RecordingResult", "record_drive",
            "result_dict"]
-
-
-# --------------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class CameraResult:
-    """What one camera delivered and what was written."""
-
-    name: str
-    role: str
-    fps_target: float
-    frames: int  # written to the session
-    drops: int  # lost to a full queue (each logged as a drop event)
-    ffc_frames: int  # written frames flagged FFC
-    unpaired: int  # written frames flagged UNPAIRED
-    gaps: int  # written frames flagged GAP_BEFORE (driver counter jumps or queue drops)
-    disconnects: int
-    reconnects: int
-    bytes: int
-    fps_measured: float
-
-
-@dataclass(frozen=True)
-class RecordingResult:
-    """Outcome of :meth:`Recorder.run`."""
-
-    path: Path
-    status: str  # manifest status: complete | aborted
-    stop_reason: str  # duration | interrupted | stopped | disk-full | error
-    message: str
-    duration_s: float
-    cameras: dict[str, CameraResult]
-    pairing: dict
-    gps: dict | None
-    ffc_events: int
-
-    @property
-    def frames(self) -> dict[str, int]:
-        return {n: c.frames for n, c in self.cameras.items()}
-
-    @property
-    def drops(self) -> dict[str, int]:
-        return {n: c.drops for n, c in self.cameras.items()}
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(c.bytes for c in self.cameras.values())
 
 
 # --------------------------------------------------------------------------- recorder
@@ -133,10 +110,12 @@ class Recorder:
         ffc_min_gap_s: float = 60.0,
         gps_port: str | None = None,
         gps_baudrate: int = 9600,
+        gps_silence_s: float = 5.0,
         stall_timeout_s: float = 3.0,
         reconnect_backoff_s: float = 0.25,
         reconnect_backoff_max_s: float = 5.0,
         pair_grace_s: float = 0.5,
+        ffc_hold_s: float = 2.0,
         overwrite: bool = False,
         calibration: str | None = None,
     ):
@@ -150,7 +129,8 @@ class Recorder:
         self.queue_frames = queue_frames
         self.min_free_bytes = min_free_bytes
         self.ffc = FfcPolicy(ffc_interval_s, ffc_when_stopped, stopped_speed_mps, stopped_for_s, ffc_min_gap_s)
-        self.gps_port, self.gps_baudrate = gps_port, gps_baudrate
+        self.gps_port, self.gps_baudrate, self.gps_silence_s = gps_port, gps_baudrate, gps_silence_s
+        self.ffc_hold_ns = int(ffc_hold_s * 1e9)
         self.streams_options = StreamOptions(stall_timeout_s, reconnect_backoff_s, reconnect_backoff_max_s)
         self.pair_grace_s = pair_grace_s
         self.overwrite = overwrite
@@ -202,7 +182,7 @@ class Recorder:
                 gps.close()
             raise
         if gps is not None:
-            self._gps = GpsLogger(gps, self._log, self._stop)
+            self._gps = GpsLogger(gps, self._log, self._stop, silence_s=self.gps_silence_s)
         self._streams = [CameraStream(cam, queue.Queue(self.queue_frames), cam.spec.fps, i,
                                       live=bool(getattr(cam, "realtime", True)))
                          for i, cam in enumerate(cams)]
@@ -231,6 +211,7 @@ class Recorder:
                 self._writer.log_event("disconnect", camera=s.name, error=str(exc))
                 s.disconnects += 1
                 s.state = "reconnecting"
+                s.went_down(time.monotonic_ns())
             s.last_arrival = time.monotonic()
             self._rates[s.name].add(time.monotonic(), 0, 0)
         self._window = RecordingWindow(t0_ns, self._window.duration_ns)
@@ -272,7 +253,11 @@ class Recorder:
         self._started = False
 
     def close(self, status: str = "complete") -> RecordingResult | None:
-        """Finalise the session (``status`` goes into the manifest) and release cameras and GPS."""
+        """Finalise the session and release cameras and GPS.
+
+        ``status`` (``complete`` or ``aborted``) goes into the manifest; a complete run with
+        an outage (a camera down, the GPS failing) becomes ``degraded``.
+        """
         self.stop()
         if self._writer is None:
             return self._result
@@ -283,19 +268,36 @@ class Recorder:
                 self._writer.log_event("gps_stats", **gps)
             if pairing:
                 self._writer.log_event("pairing", **pairing)
+            for s in self._streams:
+                self._log_ffc_windows(s)
             duration = time.monotonic() - self._t_start if self._t_start else 0.0
             reason = self._stop_reason or ("stopped" if status == "complete" else "error")
-            self._writer.log_event("recording_stop", reason=reason, message=self._message, duration_s=duration)
-            cams = self._camera_results()
+            end_ns = time.monotonic_ns()
+            outages = {s.name: {"down_s": round(s.down_s(end_ns), 3), "disconnects": s.disconnects,
+                                "reconnects": s.reconnects, "down_at_end": s.down,
+                                "periods_ns": [[a, b] for a, b in s.outages]} for s in self._streams if s.outages}
+            degraded = [f"{n} down {o['down_s']:.1f} s" + (" (to the end)" if o["down_at_end"] else "")
+                        for n, o in outages.items()]
+            if gps is not None and gps["outages"]:
+                degraded.append(f"GPS down {gps['down_s']:.1f} s ({gps['outages']} outage"
+                                f"{'s' if gps['outages'] != 1 else ''})")
+            if status == "complete" and degraded:
+                status = "degraded"
+            self._writer.log_event("recording_stop", reason=reason, message=self._message, duration_s=duration,
+                                   status=status, degraded=degraded)
             self._writer.close(
                 status, stop_reason=reason, duration_s=round(duration, 3),
-                drops={n: c.drops for n, c in cams.items()},
-                flagged={n: {"ffc": c.ffc_frames, "unpaired": c.unpaired, "gap_before": c.gaps} for n, c in cams.items()},
-                reconnects={n: c.reconnects for n, c in cams.items()},
+                lost={s.name: s.lost for s in self._streams},
+                dropped_in_queue={s.name: s.drops for s in self._streams},
+                flagged={s.name: {"ffc": s.ffc_frames, "unpaired": s.unpaired, "gap_before": s.gaps}
+                         for s in self._streams},
+                reconnects={s.name: s.reconnects for s in self._streams},
+                outages=outages, degraded=degraded,
                 pairing=pairing, gps=gps, ffc_events=self._ffc_events,
             )
+            cams = self._camera_results(end_ns)
             self._result = RecordingResult(self.path, status, reason, self._message, duration, cams, pairing, gps,
-                                           self._ffc_events)
+                                           self._ffc_events, tuple(degraded))
         finally:
             self._writer = None
             for s in self._streams:
@@ -304,7 +306,7 @@ class Recorder:
                 except Exception as exc:  # noqa: BLE001
                     log.warning("%s: close failed: %s", s.name, exc)
             if self._gps is not None:
-                self._gps.gps.close()
+                self._gps.close()
         return self._result
 
     def __enter__(self) -> "Recorder":
@@ -368,14 +370,22 @@ class Recorder:
 
     # -- writing (called by each stream's writer thread) --------------------------
     def _flush_pending(self, stream: CameraStream, force: bool) -> None:
-        """Write the pending frames whose pairing is decided (all of them with ``force``)."""
+        """Write the pending frames whose FFC state and pairing are decided (all of them with ``force``)."""
+        windows = getattr(stream.camera, "ffc_windows", None)
         while stream.pending:
             frame, flags, drops = stream.pending[0]
+            if windows is not None:
+                inside = windows.decide(frame.host_ns)
+                if inside is None:  # the camera does not know the FFC state at this frame's time yet
+                    if not force and time.monotonic_ns() - frame.host_ns < self.ffc_hold_ns:
+                        break
+                    inside = True  # never became known: flagged, not trusted
+                flags = (flags | FrameFlags.FFC) if inside else (flags & ~FrameFlags.FFC)
             unpaired = False
             if self._pairing is not None:
                 unpaired = self._pairing.unpaired(frame, stream, self._streams[1 - stream.index], force)
                 if unpaired is None:
-                    return  # wait for the other camera's stream to pass this frame's window
+                    break  # wait for the other camera's stream to pass this frame's window
             stream.pending.popleft()
             if unpaired:
                 flags |= FrameFlags.UNPAIRED
@@ -399,6 +409,20 @@ class Recorder:
             stream.ffc_frames += bool(flags & FrameFlags.FFC)
             stream.unpaired += bool(flags & FrameFlags.UNPAIRED)
             stream.gaps += bool(flags & FrameFlags.GAP_BEFORE)
+            # The reader's loss: counter steps beyond one (a counter going back is a restart, not loss).
+            if stream.last_counter is not None:
+                stream.lost += max(0, rec.frame_counter - stream.last_counter - 1)
+            stream.last_counter = rec.frame_counter
+        if windows is not None:
+            self._log_ffc_windows(stream)
+
+    def _log_ffc_windows(self, stream: CameraStream) -> None:
+        windows = getattr(stream.camera, "ffc_windows", None)
+        if windows is None:
+            return
+        for w in windows.take_closed():
+            self._log("ffc_window", camera=stream.name, start_ns=w.start_ns, end_ns=w.end_ns, reason=w.reason,
+                      duration_s=round((w.end_ns - w.start_ns) * 1e-9, 3))
 
     def _log_end_drops(self, stream: CameraStream) -> Callable[[int], None]:
         return lambda count: self._log("drop", camera=stream.name, count=int(count))
@@ -430,8 +454,9 @@ class Recorder:
         for s in self._streams:
             fps, mbps = self._rates[s.name].rates(now, s.frames, written.get(s.name, 0))
             ffc = "" if s.camera.role != "lwir" else ("in FFC" if s.in_ffc else "idle")
-            cams.append(CameraStatus(s.name, s.camera.role, s.fps, fps, s.frames, s.drops,
-                                     s.queue.qsize() + len(s.pending), self.queue_frames, mbps, s.state, ffc))
+            cams.append(CameraStatus(s.name, s.camera.role, s.fps, fps, s.frames, s.lost, s.drops,
+                                     s.queue.qsize() + len(s.pending), self.queue_frames, mbps, s.state, ffc,
+                                     s.down_s(time.monotonic_ns())))
         try:
             self._disk_free = shutil.disk_usage(self.path).free
         except OSError:
@@ -441,15 +466,26 @@ class Recorder:
                               self._disk_free, self.min_free_bytes, gps,
                               self._gps.gps.stats.bad if self._gps is not None else 0, self._ffc_events)
 
-    def _camera_results(self) -> dict[str, CameraResult]:
+    def _camera_results(self, end_ns: int) -> dict[str, CameraResult]:
+        """Per camera, what the finished session says (its reader's summary), plus outages."""
+        try:
+            with SessionReader(self.path) as r:
+                summary = r.summary()["cameras"]
+        except RigError as exc:  # an unreadable session is reported, and the live counts stand in
+            log.warning("cannot read back the session: %s", exc)
+            summary = {}
         out = {}
         for s in self._streams:
+            c = summary.get(s.name)
             recs = s.records
-            span = (recs[-1].host_ns - recs[0].host_ns) * 1e-9 if len(recs) > 1 else 0.0
+            nbytes = sum(r.length for r in recs) + HEADER_BYTES * len(recs)
+            if c is None:
+                span = (recs[-1].host_ns - recs[0].host_ns) * 1e-9 if len(recs) > 1 else 0.0
+                c = {"frames": s.frames, "lost": s.lost, "dropped_in_queue": s.drops, "gaps": 0, "ffc": s.ffc_frames,
+                     "unpaired": s.unpaired, "fps_measured": (len(recs) - 1) / span if span > 0 else 0.0}
             out[s.name] = CameraResult(
-                s.name, s.camera.role, s.fps, s.frames, s.drops, s.ffc_frames, s.unpaired,
-                s.gaps, s.disconnects, s.reconnects, sum(r.length for r in recs) + HEADER_SIZE * len(recs),
-                (len(recs) - 1) / span if span > 0 else 0.0)
+                s.name, s.camera.role, s.fps, c["frames"], c["lost"], c["dropped_in_queue"], c["gaps"], c["ffc"],
+                c["unpaired"], s.disconnects, s.reconnects, s.down_s(end_ns), s.down, nbytes, c["fps_measured"])
         return out
 
 
@@ -469,10 +505,3 @@ def record_drive(rig: RigConfig | str, out: str | Path, duration_s: float = 10.0
     cams = sim_cameras_for_drive(rig, seed=seed, variant=variant, realtime=realtime, progress=progress)
     with Recorder(rig, out, cams, **recorder_kwargs) as rec:
         return rec.run(duration_s, on_status=on_status)
-
-
-def result_dict(result: RecordingResult) -> dict:
-    """The result as plain data (JSON-ready)."""
-    d = asdict(result)
-    d["path"] = str(result.path)
-    return d

@@ -17,8 +17,13 @@ device, a transport error) or returns ``None`` (a timeout). A camera that raises
 or delivers nothing for ``stall_timeout_s``, is logged (``disconnect`` event),
 closed and reopened by :func:`reopen_camera` (open, configure, start) with
 exponential backoff (``reconnect_backoff_s`` .. ``reconnect_backoff_max_s``);
-each success is a ``reconnect`` event and the first frame after it is flagged
-``RECONNECTED``. The calibration recorder uses the same :func:`reopen_camera`.
+each success is a ``reconnect`` event (with ``down_s``) and the first frame after
+it is flagged ``RECONNECTED``. The time a camera is down is its *outage*
+(:attr:`CameraStream.outages`): a run with any outage ends ``degraded``. The
+calibration recorder uses the same :func:`reopen_camera`.
+
+The grab thread never runs camera control (FFC, temperature): drivers that have a
+control channel run it on their own thread (:mod:`rig.capture.control`).
 """
 
 from __future__ import annotations
@@ -76,14 +81,17 @@ class CameraStream:
     ffc_frames: int = 0
     unpaired: int = 0
     gaps: int = 0
+    lost: int = 0  # frames missing by counter among the written frames (the reader's ``lost``)
+    last_counter: int | None = None  # of the last written frame
     disconnects: int = 0
     reconnects: int = 0
+    # outages: (start, end) host monotonic ns of each time the camera was down; end None while down
+    outages: list = field(default_factory=list)
     # state
     reconnected: bool = False
     state: str = "starting"  # starting | streaming | reconnecting | stopped
     in_ffc: bool = False
     ffc_run: int = 0
-    ffc_requested: bool = False
     last_ffc_request: float = -1e18
     done: bool = False  # acquisition finished
     last_arrival: float = 0.0  # monotonic s of the last enqueued frame
@@ -102,6 +110,26 @@ class CameraStream:
     @property
     def name(self) -> str:
         return self.camera.name
+
+    def went_down(self, t_ns: int) -> None:
+        if not self.outages or self.outages[-1][1] is not None:
+            self.outages.append((t_ns, None))
+
+    def came_back(self, t_ns: int) -> float:
+        """Close the current outage; its length in seconds."""
+        if self.outages and self.outages[-1][1] is None:
+            start = self.outages[-1][0]
+            self.outages[-1] = (start, t_ns)
+            return (t_ns - start) * 1e-9
+        return 0.0
+
+    def down_s(self, now_ns: int) -> float:
+        """Seconds down in total (an ongoing outage counted up to ``now_ns``)."""
+        return sum(((end if end is not None else now_ns) - start) * 1e-9 for start, end in self.outages)
+
+    @property
+    def down(self) -> bool:
+        return bool(self.outages) and self.outages[-1][1] is None
 
 
 def reopen_camera(cam: Camera) -> str | None:
@@ -141,7 +169,7 @@ def past_end(stream: CameraStream, frame: Frame, window: RecordingWindow) -> boo
 
 def acquire_loop(stream: CameraStream, opts: StreamOptions, window: RecordingWindow, stop: threading.Event,
                  log_event: LogEvent) -> None:
-    """Body of a grab thread: grab, reconnect, run requested FFCs, enqueue; ``None`` on the queue when done."""
+    """Body of a grab thread: grab, reconnect, enqueue; ``None`` on the queue when done."""
     cam = stream.camera
     backoff = opts.reconnect_backoff_s
     try:
@@ -153,9 +181,6 @@ def acquire_loop(stream: CameraStream, opts: StreamOptions, window: RecordingWin
                     stop.wait(backoff)
                     backoff = min(backoff * 2, opts.reconnect_backoff_max_s)
                 continue
-            if stream.ffc_requested:
-                stream.ffc_requested = False
-                _run_ffc(stream, log_event)
             try:
                 frame = cam.grab(timeout_s=0.2)
             except Exception as exc:  # noqa: BLE001 - any driver failure is a disconnect
@@ -212,6 +237,7 @@ def disconnect(stream: CameraStream, exc: BaseException, log_event: LogEvent) ->
     """Mark the camera lost (``disconnect`` event) and close it; the grab thread reopens it with backoff."""
     stream.disconnects += 1
     stream.state = "reconnecting"
+    stream.went_down(time.monotonic_ns())
     log.warning("%s: disconnected: %s", stream.name, exc)
     log_event("disconnect", camera=stream.name, error=str(exc) or type(exc).__name__)
     try:
@@ -230,17 +256,9 @@ def _reconnect(stream: CameraStream, log_event: LogEvent) -> bool:
     stream.reconnected = True
     stream.state = "streaming"
     stream.last_arrival = time.monotonic()
-    log_event("reconnect", camera=stream.name, attempt=stream.reconnects)
+    down = stream.came_back(time.monotonic_ns())
+    log_event("reconnect", camera=stream.name, attempt=stream.reconnects, down_s=round(down, 3))
     return True
-
-
-def _run_ffc(stream: CameraStream, log_event: LogEvent) -> None:
-    """Run a requested FFC between two grabs (the control channel is used by this thread only)."""
-    try:
-        stream.camera.run_ffc()
-        log_event("ffc_request", camera=stream.name, ok=True)
-    except Exception as exc:  # noqa: BLE001
-        log_event("ffc_request", camera=stream.name, ok=False, error=str(exc))
 
 
 def write_loop(stream: CameraStream, flush: Callable[[CameraStream, bool], None], on_end: Callable[[int], None],

@@ -102,7 +102,8 @@ def session_info(args: argparse.Namespace) -> int:
     console = Console()
     status = summary["status"]
     note = {"complete": "[green]complete[/]", "recording": "[yellow]not finalised (recorder killed or crashed)[/]",
-            "aborted": "[red]aborted[/]"}[status]
+            "aborted": "[red]aborted[/]", "degraded": "[yellow]degraded (an outage: see stats.outages)[/]"}.get(
+                status, status)
     console.print(f"[bold]{summary['path']}[/]  rig {summary['rig']}  {summary['software']}  status {note}", highlight=False)
     # One column per camera, one row per figure: fits 80 columns for any number of figures.
     cams = summary["cameras"]

@@ -328,3 +328,34 @@ def test_cli_emulate_boson_prints_a_port_flirpy_can_use():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_unknown_ffc_state_is_a_camera_error_and_flags_frames_without_a_disconnect(monkeypatch):
+    with BosonEmulator(ffc_mode=bp.FfcMode.MANUAL, auto_ffc_period_s=1e9) as emu:
+        with BosonControl(emu.port, reply_timeout_s=TIMEOUT) as ctl:
+            monkeypatch.setattr(emu, "_ffc_state_locked", lambda: 7)
+            with pytest.raises(CameraError, match="unknown FFC state 7 .known: 0 no_ffc_performed"):
+                ctl.ffc_state()
+            assert ctl.camera_serial() == emu.camera_serial  # the channel is fine
+        cam = make_camera(_spec(emu.port), reply_timeout_s=TIMEOUT, ffc_poll_s=0.02)
+        with cam:
+            cam.start()
+            frames = [cam.grab(1.0) for _ in range(30)]  # never raises: not a disconnect
+            assert cam.control_status.lost == "" and cam.control_status.failures == 0
+        assert sum(bool(f.flags & FrameFlags.FFC) for f in frames) >= 25  # unknown state: not trusted
+
+
+def test_grab_never_waits_on_the_serial_line():
+    # Every reply stalls 0.5 s (the camera is in a long FFC, replies held back); frames keep coming at 60 fps.
+    with BosonEmulator(ffc_mode=bp.FfcMode.MANUAL, ffc_duration_s=1.5, auto_ffc_period_s=1e9,
+                       stall_during_ffc=True) as emu:
+        cam = make_camera(_spec(emu.port), reply_timeout_s=TIMEOUT)
+        with cam:
+            cam.start()
+            cam.grab(1.0)
+            emu.run_ffc()
+            t = time.monotonic()
+            frames = [cam.grab(1.0) for _ in range(45)]
+            took = time.monotonic() - t
+        counters = [f.frame_counter for f in frames]
+    assert took < 1.2 and counters == list(range(counters[0], counters[0] + 45))  # no frame lost, none waited

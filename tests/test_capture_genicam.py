@@ -183,3 +183,27 @@ def test_recorder_reopens_a_genicam_camera_after_a_transport_error(tmp_path):
         recs = r.records("vis")
         reconnected = [i for i, x in enumerate(recs) if x.flags & FrameFlags.RECONNECTED]
         assert len(reconnected) == 1 and 5 <= reconnected[0] < len(recs) - 1  # frames before and after
+
+
+def test_frames_are_numbered_by_the_device_frame_id_so_device_loss_is_visible():
+    # viky has a GenTL FrameID but no timestamp and no FrameID/Timestamp chunks: what it has is used.
+    with make_camera(_spec(fps=40.0)) as cam:
+        assert cam._chunks == set()  # viky offers neither chunk
+        cam.start()
+        ids = []
+        real = cam._ia.fetch
+
+        def fetch(*a, **kw):  # note the producer's own FrameID of each buffer
+            buf = real(*a, **kw)
+            ids.append(int(buf.frame_id))
+            return buf
+
+        cam._ia.fetch = fetch
+        frames = [cam.grab(2.0) for _ in range(5)]
+        time.sleep(0.3)  # let the producer run ahead: frames it overwrote show as a FrameID jump
+        frames += [cam.grab(2.0) for _ in range(3)]
+    assert [f.frame_counter for f in frames] == ids
+    assert all(f.device_ns is None and f.flags & FrameFlags.HOST_TIMESTAMP_ONLY for f in frames)
+    jumps = [b.frame_counter - a.frame_counter for a, b in zip(frames, frames[1:])]
+    assert all(j >= 1 for j in jumps)
+    assert all(bool(b.flags & FrameFlags.GAP_BEFORE) == (j > 1) for b, j in zip(frames[1:], jumps))

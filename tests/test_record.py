@@ -55,8 +55,10 @@ def test_10s_recording_counts_pairing_and_no_drops(small_rig, tmp_path):
     assert result.frames["lwir"] == pytest.approx(600, abs=1)
     assert result.drops == {"visible": 0, "lwir": 0}
     # The dashboard saw both cameras near their target rates.
+    # (Rates over the dashboard's 2 s window: how close to 1.0 depends on how loaded the machine is.)
     mid = statuses[len(statuses) // 2]
-    assert {c.name: round(c.fps_actual / c.fps_target, 1) for c in mid.cameras} == {"visible": 1.0, "lwir": 1.0}
+    assert all(0.5 < c.fps_actual / c.fps_target < 1.5 for c in mid.cameras)
+    assert [c.lost for c in statuses[-1].cameras] == [0, 0] and {c.name for c in mid.cameras} == {"visible", "lwir"}
     with SessionReader(result.path) as r:
         s = r.summary()
         assert r.status == "complete" and s["drops"] == {}
@@ -73,7 +75,8 @@ def test_10s_recording_counts_pairing_and_no_drops(small_rig, tmp_path):
         assert len(r.unpaired("lwir", pairs)) == result.frames["lwir"] - len(pairs)
         stats = r.manifest["stats"]
         assert stats["pairing"]["pairs"] == len(pairs) and stats["pairing"]["mode"] == "timestamp"
-        assert stats["drops"] == {"visible": 0, "lwir": 0} and stats["stop_reason"] == "duration"
+        assert stats["dropped_in_queue"] == {"visible": 0, "lwir": 0} and stats["stop_reason"] == "duration"
+        assert stats["lost"] == result.lost == {n: c["lost"] for n, c in s["cameras"].items()}
         # UNPAIRED flags: only frames the reader cannot pair either (no partner candidate in the window).
         paired_vis = {p.a.seq for p in pairs}
         flagged = [x for x in r.records("visible") if x.flags & FrameFlags.UNPAIRED]
@@ -135,7 +138,7 @@ def test_cli_sigkill_leaves_readable_session_and_sigint_completes(tmp_path):
     with SessionReader(interrupted) as r:
         assert r.status == "complete"
         stats = r.manifest["stats"]
-        assert stats["stop_reason"] == "interrupted" and stats["drops"] == {"visible": 0, "lwir": 0}
+        assert stats["stop_reason"] == "interrupted" and stats["dropped_in_queue"] == {"visible": 0, "lwir": 0}
         assert stats["frames"]["visible"] > 30
         # Ctrl-C cuts the cameras at slightly different instants: at most the last frame lacks a partner.
         assert stats["pairing"]["pairs"] >= stats["frames"]["visible"] - 1
@@ -209,13 +212,19 @@ def test_camera_disconnect_is_logged_retried_and_the_other_camera_keeps_recordin
     flaky = FlakyCamera(lwir, fail_after=60, bad_reopens=2)
     with Recorder(small_rig, tmp_path / "s", [vis, flaky], reconnect_backoff_s=0.1) as rec:
         result = rec.run(3.0)
-    assert result.cameras["lwir"].disconnects == 1 and result.cameras["lwir"].reconnects == 1
+    c = result.cameras["lwir"]
+    assert c.disconnects == 1 and c.reconnects == 1
+    assert result.status == "degraded" and 0.1 < c.down_s < 2.0 and not c.down_at_end
+    assert result.degraded == (f"lwir down {c.down_s:.1f} s",)
     assert result.frames["visible"] == pytest.approx(90, abs=1)  # unaffected
     assert 90 < result.frames["lwir"] < 175  # lost ~0.3 s (two failed reopens with backoff), then recorded again
     with SessionReader(result.path) as r:
+        assert r.status == "degraded"
+        assert r.manifest["stats"]["outages"]["lwir"]["down_s"] == pytest.approx(c.down_s, abs=0.002)
         events = r.events()[0]
         kinds = [e["kind"] for e in events]
         assert kinds.count("disconnect") == 1 and kinds.count("reconnect") == 1
+        assert next(e for e in events if e["kind"] == "reconnect")["down_s"] == pytest.approx(c.down_s, abs=0.002)
         assert "USB transfer failed" in next(e for e in events if e["kind"] == "disconnect")["error"]
         recs = r.records("lwir")
         reconnected = [i for i, x in enumerate(recs) if x.flags & FrameFlags.RECONNECTED]
@@ -229,7 +238,7 @@ def _nmea(body: str) -> bytes:
 
 
 class FfcCapable:
-    """A sim LWIR camera with a Boson-like ``run_ffc()``: frames are flagged FFC for ``duration_s``."""
+    """A sim LWIR camera with a Boson-like ``request_ffc()``: frames are flagged FFC for ``duration_s``."""
 
     def __init__(self, inner, duration_s: float = 0.2):
         self._inner, self.duration_s = inner, duration_s
@@ -240,13 +249,12 @@ class FfcCapable:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def run_ffc(self):
+    def request_ffc(self):
         self.threads.add(threading.current_thread().name)
         self.ffc_runs += 1
         self.ffc_until = time.monotonic() + self.duration_s
 
     def grab(self, timeout_s=1.0):
-        self.threads.add(threading.current_thread().name)
         f = self._inner.grab(timeout_s)
         if f is not None and time.monotonic() < self.ffc_until:
             from dataclasses import replace
@@ -289,7 +297,7 @@ def test_gps_over_a_pty_and_ffc_when_stopped(small_rig, tmp_path):
         os.close(master)
         os.close(slave)
     assert result.gps["fixes"] >= 20 and result.gps["bad"] >= 6 and result.gps["bad_checksum"] >= 3
-    assert lwir.ffc_runs == 1 and lwir.threads == {"grab-lwir"}  # run by the acquisition thread only
+    assert lwir.ffc_runs == 1 and "grab-lwir" not in lwir.threads  # never asked of the acquisition thread
     with SessionReader(result.path) as r:
         events, bad_lines = r.events()
         assert bad_lines == 0
@@ -341,11 +349,15 @@ def test_full_queue_drops_are_counted_logged_and_flagged(small_rig, tmp_path):
     assert drops > 30 and result.drops["visible"] == 0
     assert result.frames["lwir"] + drops == pytest.approx(120, abs=2)
     with SessionReader(result.path) as r:
-        assert r.summary()["drops"] == {"lwir": drops}
-        # Counter gaps show the same loss, except drops after the last written frame (only in the event log).
-        assert drops - 8 <= r.summary()["cameras"]["lwir"]["missing_by_counter"] <= drops
+        s = r.summary()
+        assert s["drops"] == {"lwir": drops}
+        # One loss figure: the recorder's, the manifest's and the reader's; counter gaps show our queue drops,
+        # except drops after the last written frame (only in the event log).
+        lost = s["cameras"]["lwir"]["lost"]
+        assert lost == result.lost["lwir"] == r.manifest["stats"]["lost"]["lwir"]
+        assert drops - 8 <= lost <= drops
         gaps = sum(1 for x in r.records("lwir") if x.flags & FrameFlags.GAP_BEFORE)
-        assert gaps == result.cameras["lwir"].gaps > 0
+        assert gaps > 0
 
 
 def test_user_errors_are_one_line(small_rig, tmp_path):
@@ -360,3 +372,72 @@ def test_user_errors_are_one_line(small_rig, tmp_path):
         with Recorder(small_rig, tmp_path / "g", cameras(small_rig), gps_port=str(tmp_path / "nogps")):
             pass
     assert not (tmp_path / "g").exists()
+
+
+def test_gps_port_dying_is_reopened_with_backoff_raw_lines_kept_and_the_run_is_degraded(small_rig, tmp_path):
+    import tty
+
+    link = tmp_path / "gps"  # the port a rig names; the device behind it goes away and comes back
+    ptys = []
+
+    def new_pty():
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        ptys.append((master, slave))
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(os.ttyname(slave))
+        return master
+
+    master = [new_pty()]
+    stop = threading.Event()
+    sent = []
+
+    def feed():
+        i = 0
+        while not stop.is_set():
+            line = _nmea(f"GPRMC,1235{i % 60:02d}.00,A,5212.3456,N,00432.1000,E,12.0,90.0,150324,,,A")
+            try:
+                os.write(master[0], line)
+                sent.append(line.decode().strip())
+            except OSError:
+                pass
+            i += 1
+            stop.wait(0.1)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    try:
+        feeder.start()
+        with Recorder(small_rig, tmp_path / "s", cameras(small_rig), gps_port=str(link)) as rec:
+            def unplug():
+                time.sleep(1.0)
+                m, s = ptys[0]
+                os.close(s)
+                os.close(m)  # the device is gone: reads fail
+                link.unlink()
+                time.sleep(1.0)
+                master[0] = new_pty()  # ... and back a second later
+
+            threading.Thread(target=unplug, daemon=True).start()
+            result = rec.run(3.5)
+    finally:
+        stop.set()
+        feeder.join()
+        for m, s in ptys[1:]:
+            os.close(m)
+            os.close(s)
+    g = result.gps
+    assert g["outages"] == 1 and g["reopens"] == 1 and not g["down_at_end"] and 0.9 < g["down_s"] < 2.5
+    assert result.status == "degraded" and result.degraded[-1].startswith("GPS down")
+    with SessionReader(result.path) as r:
+        assert r.status == "degraded" and r.manifest["stats"]["gps"]["reopens"] == 1
+        events = r.events()[0]
+        kinds = [e["kind"] for e in events]
+        assert kinds.count("gps_error") == 1 and kinds.count("gps_reopen") == 1
+        assert kinds.count("gps_reopen_failed") >= 1  # the port was missing for a while: backoff, then back
+        raw = [e for e in events if e["kind"] == "nmea"]
+        assert len(raw) >= 15 and all(e["line"] in sent for e in raw)
+        t = [e["host_ns"] for e in raw]
+        assert t == sorted(t) and len(set(t)) > 10  # each line with its own arrival time
+        gps = [e for e in events if e["kind"] == "gps"]
+        assert len(gps) == len(raw)  # every (valid) raw line became a fix

@@ -430,3 +430,14 @@ def test_a_missed_trigger_does_not_shift_later_pairs():
     assert {p.a.seq for p in pairs} == set(range(120)) - {10, 57}
     # Counters alone (the old behaviour) shift every pair after the first missed trigger.
     assert sum(p.a.seq != p.b.seq for p in pair_by_counter(a, b)) > 50
+
+
+def test_session_info_shows_a_degraded_session(tmp_path, capsys):
+    from rig.cli import main
+
+    record(tmp_path / "s")
+    manifest = _manifest(tmp_path / "s")
+    manifest["status"] = "degraded"
+    (tmp_path / "s" / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    assert main(["session", "info", str(tmp_path / "s")]) == 0
+    assert "degraded (an outage: see stats.outages)" in capsys.readouterr().out

@@ -63,7 +63,7 @@ HEADER_SIZE = RECORD_HEADER.size  # 76
 INDEX_ENTRY = struct.Struct("<Q")  # offset, followed by the header
 INDEX_SIZE = INDEX_ENTRY.size + HEADER_SIZE  # 84
 NO_TIMESTAMP = -(1 << 63)
-STATUSES = ("recording", "complete", "aborted")
+STATUSES = ("recording", "complete", "degraded", "aborted")  # degraded: complete, with an outage (see stats)
 MANIFEST = "manifest.yaml"
 
 
