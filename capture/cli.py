@@ -184,10 +184,12 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _prepare_progress(console, what: str):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn(what), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
+    from rig.terminal import progress as progress_bar
+
+    progress = progress_bar(TextColumn(what), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeElapsedColumn(), console=console)
     return progress
 
 
