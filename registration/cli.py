@@ -14,6 +14,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every", type=int, default=1, metavar="K", help="register every K-th pair")
     p.add_argument("--force", action="store_true", help="overwrite another run's outputs in --out")
     p.add_argument("--contact-sheet", type=int, default=8, metavar="N", help="frames on the contact sheet (0: none)")
+    p.add_argument("--refine", action="store_true",
+                   help="measure the residual LWIR misalignment per pair (targetless), smooth it over the drive and "
+                        "correct it inside the same remap; frames.jsonl and manifest.yaml record it")
+    p.add_argument("--refine-every", type=int, default=6, metavar="K",
+                   help="with --refine: estimate every K-th pair, the others take the smoothed trend (default 6)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +38,15 @@ def run(args: argparse.Namespace, fuse: bool) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
+    from rig.errors import RigError
+    from rig.registration.correction import RefineSettings
     from rig.registration.pipeline import RegisterOptions, register_session
     from rig.terminal import progress as progress_bar
 
-    options = RegisterOptions(out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,
+    if args.refine_every < 1:
+        raise RigError(f"--refine-every must be >= 1, got {args.refine_every}")
+    options = RegisterOptions(refine=RefineSettings(every=args.refine_every) if args.refine else None,
+                              out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,
                               force=args.force, fuse=fuse, device=getattr(args, "device", "cpu"),
                               model_path=getattr(args, "model", None), batch_size=getattr(args, "batch", 2),
                               contact_sheet_frames=args.contact_sheet)
@@ -62,5 +72,11 @@ def report(result, console) -> None:
                   f"({result.pairs_per_second:.1f} pairs/s)", highlight=False)
     for c in result.corrupt:
         console.print(f"[yellow]skipped corrupt pair {c['index']}: {c['problem']}[/]", highlight=False)
+    if result.refine:
+        r = result.refine
+        style = "bold red" if r["drift"]["drifting"] else "green"
+        console.print(f"refine: correction median {r['applied_px']['median']:.2f} px, max {r['applied_px']['max']:.2f} px, "
+                      f"{100 * r['accepted_fraction']:.0f} % of {r['estimated_pairs']} estimates accepted; "
+                      f"[{style}]{r['drift']['message']}[/]", highlight=False)
     if result.contact_sheet:
         console.print(f"contact sheet: {result.contact_sheet}", highlight=False)

@@ -27,6 +27,43 @@ def _thumb(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, (THUMB_WIDTH, int(round(h * THUMB_WIDTH / w))), interpolation=cv2.INTER_AREA)
 
 
+def correction_plot(frames: list[dict], width: int = 800, height: int = 160) -> str:
+    """Inline SVG of the applied correction over the drive (``--refine``): centre dx, dy and the largest
+    displacement (px), with the measured (accepted) estimates as dots; ``""`` without refine records."""
+    rows = [(f["index"], f["refine"]) for f in frames if isinstance(f.get("refine"), dict)]
+    if not rows:
+        return ""
+    idx = np.array([i for i, _ in rows], float)
+    dx = np.array([r["applied"]["centre_px"][0] for _, r in rows])
+    dy = np.array([r["applied"]["centre_px"][1] for _, r in rows])
+    mx = np.array([r["applied"]["max_px"] for _, r in rows])
+    meas = [(i, r["measured"]["max_px"]) for i, r in rows if r.get("estimated") and r.get("accepted")]
+    vals = np.concatenate([dx, dy, mx, [m for _, m in meas], [0.0]])
+    lo, hi = float(vals.min()), float(vals.max())
+    hi = hi if hi - lo > 0.5 else lo + 0.5
+    x0, x1 = float(idx.min()), float(max(idx.max(), idx.min() + 1))
+
+    def xy(i, v):
+        return f"{40 + (i - x0) / (x1 - x0) * (width - 50):.1f},{10 + (hi - v) / (hi - lo) * (height - 30):.1f}"
+
+    def line(values, colour):
+        pts = " ".join(xy(i, v) for i, v in zip(idx, values))
+        return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>'
+
+    dots = "".join(f'<circle r="2" fill="#999" cx="{xy(i, m).split(",")[0]}" cy="{xy(i, m).split(",")[1]}"/>'
+                   for i, m in meas)
+    zero = f'<line stroke="#ccc" x1="40" x2="{width - 10}" y1="{xy(x0, 0).split(",")[1]}" y2="{xy(x0, 0).split(",")[1]}"/>'
+    labels = (f'<text x="2" y="14" font-size="10">{hi:.1f} px</text>'
+              f'<text x="2" y="{height - 20}" font-size="10">{lo:.1f} px</text>'
+              f'<text x="40" y="{height - 4}" font-size="10">frame {int(x0)}</text>'
+              f'<text x="{width - 80}" y="{height - 4}" font-size="10">frame {int(x1)}</text>')
+    return (f'<svg width="{width}" height="{height}" style="border:1px solid #ddd">{zero}{dots}'
+            f'{line(mx, "#d62728")}{line(dx, "#1f77b4")}{line(dy, "#2ca02c")}{labels}</svg>'
+            '<p><small>LWIR correction applied over the drive (--refine): <span style="color:#d62728">largest '
+            'displacement</span>, centre <span style="color:#1f77b4">dx</span> and <span style="color:#2ca02c">dy'
+            '</span>; grey dots: accepted per-pair measurements (largest displacement).</small></p>')
+
+
 def write_contact_sheet(out: Path, frames: list[dict], n: int, geom=None) -> Path | None:
     """Write ``contact_sheet.html`` and its thumbnails for ``n`` evenly spaced frames; returns the HTML path."""
     if not frames:
@@ -69,6 +106,7 @@ def write_contact_sheet(out: Path, frames: list[dict], n: int, geom=None) -> Pat
 <h1>Contact sheet: {html.escape(str(out))}</h1>
 <p>{len(frames)} registered frames; {len(rows)} shown. {html.escape(crop)}. In the overlay, tiles alternate between visible
 and LWIR: edges that continue across tile borders are registered; parallax grows for objects far from the working plane.</p>
+{correction_plot(frames)}
 <table><tr><th>frame</th>{header}</tr>
 {''.join(rows)}
 </table>

@@ -17,6 +17,7 @@ is read; the manifest names the weights by file, path and sha256.
 
 from __future__ import annotations
 
+import math
 import shutil
 import threading
 import time
@@ -32,6 +33,8 @@ from rig.errors import RigError
 from rig.pixfmt import to_rgb
 from rig.registration.dataset import FUSE_DIRS, REGISTER_DIRS, OutputDataset, file_sha256, frame_name, write_png
 from rig.registration.geometry import RegistrationGeometry, RemapTables, coverage, remap_tables
+from rig.registration.correction import ExtendedLwirTable, RefineSettings, estimate_track, is_identity
+from rig.registration.resample import Resampler, nearest, resample
 from rig.session import FrameFlags, Pair, SessionReader
 
 
@@ -49,6 +52,7 @@ class RegisterOptions:
     min_free_bytes: int = 256 << 20
     contact_sheet_frames: int = 8
     output_size: tuple[int, int] | None = None  # default: the calibration's
+    refine: RefineSettings | None = None  # --refine: per-pair targetless correction (rig.registration.correction)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class RegisterResult:
     stage_seconds: dict = field(default_factory=dict)
     status: str = "complete"
     contact_sheet: Path | None = None
+    refine: dict | None = None  # the manifest's refine summary (with --refine)
 
     @property
     def pairs_per_second(self) -> float:
@@ -178,7 +183,7 @@ def infrared_range(reader: SessionReader, jobs: list[_Job], tables: RemapTables,
             img = reader.read(job.pair.b)
         except RigError:
             continue
-        warped = cv2.remap(img, tables.lwir_x, tables.lwir_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        warped = nearest(img, tables.lwir_x, tables.lwir_y)
         values.append(warped[::4, ::4].ravel())
     if not values:
         return 0, 65535
@@ -245,6 +250,7 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
                        path=reader.path)
     out = Path(o.out) if o.out else reader.path.parent / f"{reader.path.name}-fmb"
     tables = remap_tables(geom)
+    resampler = Resampler.from_tables(tables)
     identity = {
         "session": str(reader.path.resolve()),
         "session_started_wall_ns": reader.manifest.get("started_wall_ns"),
@@ -253,6 +259,8 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         "every": o.every,
         "model": weights.sha256 if weights else None,
     }
+    if o.refine is not None:
+        identity["refine"] = o.refine.identity()
     ds = OutputDataset(out, identity)
     done = ds.open(o.force, REGISTER_DIRS + (FUSE_DIRS if o.fuse else ()))
     result = RegisterResult(out, total_pairs=len(jobs), skipped_ffc=skipped_ffc, unpaired=unpaired)
@@ -265,15 +273,25 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         infrared_8bit={"range_counts": list(map(int, ir_range)),
                        "mapping": "linear: 0 at range_counts[0], 255 at range_counts[1], clipped; bilinear warp"},
         infrared_16bit="raw counts, nearest-neighbour warp (values bit-exact)",
+        resampling={"method": "Gaussian prefilter of sigma 0.5 output px where downsampled, then one bilinear remap",
+                    **resampler.as_dict()},
         coverage={"visible": cov_v, "lwir": cov_l},
         counts={"pairs": len(jobs), "skipped_ffc": skipped_ffc, "unpaired": unpaired},
     )
     todo = [j for j in jobs if j.index not in done]
     result.already_done = len(jobs) - len(todo)
-    if progress:
-        progress(0, total=len(todo))
     clock = _StageClock()
     lo, hi = ir_range
+    track = ext = None
+    position = {j.index: k for k, j in enumerate(jobs)}
+    if o.refine is not None and todo:
+        # The whole drive is estimated (also on a resume): smoothing needs every frame's neighbours.
+        track = estimate_track(reader, jobs, geom, (lo, hi), o.refine, o.workers, clock)
+        ext = ExtendedLwirTable.from_geometry(geom, max(o.refine.margin_px, int(math.ceil(o.refine.max_shift_px)) + 2))
+        result.refine = track.summary(geom.output_size)
+        ds.write_manifest(refine={**o.refine.identity(), **result.refine})
+    if progress:
+        progress(0, total=len(todo))
     gain = 255.0 / (hi - lo)
     stop_reason: str | None = None
 
@@ -286,10 +304,12 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
             return None
         t1 = time.perf_counter()
         rgb = to_rgb(raw_v, job.pair.a.pixel_format)
-        vis = cv2.remap(rgb, tables.visible_x, tables.visible_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        ir16 = cv2.remap(raw_l, tables.lwir_x, tables.lwir_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-        irf = cv2.remap(raw_l.astype(np.float32), tables.lwir_x, tables.lwir_y, cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_REPLICATE)
+        vis = resample(rgb, tables.visible_x, tables.visible_y, resampler.sigma_visible)
+        lx, ly = tables.lwir_x, tables.lwir_y
+        if track is not None and not is_identity(track.H[position[job.index]], geom.output_size):
+            lx, ly = ext.corrected(track.H[position[job.index]], geom.output_size)  # T o C^-1: still one remap
+        ir16 = nearest(raw_l, lx, ly)
+        irf = resample(raw_l.astype(np.float32), lx, ly, resampler.sigma_lwir)
         ir8 = np.clip((irf - lo) * gain + 0.5, 0, 255).astype(np.uint8)
         t2 = time.perf_counter()
         clock.add("read", t1 - t0)
@@ -313,10 +333,13 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
             write_png(out / "Color" / name, cv2.cvtColor(colorize(labels), cv2.COLOR_RGB2BGR))
         a, b = p.job.pair.a, p.job.pair.b
         clock.add("encode+write", time.perf_counter() - t0)
-        return {"index": p.job.index, "file": name,
-                "visible": {"seq": a.seq, "frame_counter": a.frame_counter, "host_ns": a.host_ns, "wall_ns": a.wall_ns},
-                "lwir": {"seq": b.seq, "frame_counter": b.frame_counter, "host_ns": b.host_ns, "wall_ns": b.wall_ns},
-                "dt_ns": b.host_ns - a.host_ns}
+        entry = {"index": p.job.index, "file": name,
+                 "visible": {"seq": a.seq, "frame_counter": a.frame_counter, "host_ns": a.host_ns, "wall_ns": a.wall_ns},
+                 "lwir": {"seq": b.seq, "frame_counter": b.frame_counter, "host_ns": b.host_ns, "wall_ns": b.wall_ns},
+                 "dt_ns": b.host_ns - a.host_ns}
+        if track is not None:
+            entry["refine"] = track.frame_record(position[p.job.index], geom.output_size)
+        return entry
 
     def prepare_and_write(job: _Job) -> dict | None:
         p = prepare(job)

@@ -96,6 +96,8 @@ _NORM_SIGMA = 6.0  # neighbourhood of the local gradient energy
 _NORM_ALPHA = 0.5  # weight of the local energy in the normaliser
 _FEAT_SIGMA = 1.0  # blur of the feature field
 _TUKEY_C = 4.685
+_CYCLE_STEPS = 4  # limit-cycle convergence: the last steps' estimates ...
+_CYCLE_TOL = 10.0  # ... within this many times the tolerance
 
 
 @dataclass(frozen=True)
@@ -482,6 +484,7 @@ def refine_alignment(
         tol = tolerance_px if k == 0 else 10 * tolerance_px
         n_free = 2 if k == len(pyr) - 1 else n_p  # the coarsest level finds the shift first, then the full model
         converged = False
+        path: list[np.ndarray] = []
         n_it = max_iterations if k == 0 else max(4, max_iterations // 3)  # coarse levels: into the next one's basin
         for it in range(n_it):
             iterations += 1
@@ -512,6 +515,15 @@ def refine_alignment(
             A = A @ D
             A_full = Sinv @ A @ S
             step = float(np.abs(dp[:2]).max() + np.abs(dp[2:]).max())
+            # Re-weighting can settle into a small limit cycle about the fixed point (the Tukey weights of a few
+            # pixels flip from step to step): when the last _CYCLE_STEPS estimates stay within _CYCLE_TOL x the
+            # tolerance (parameters in px at the corners), the search has converged as well as it can.
+            path.append(path[-1] + dp if path and len(path[-1]) == len(dp) else dp.copy())
+            recent = np.array(path[-_CYCLE_STEPS:])
+            if len(recent) == _CYCLE_STEPS:
+                span = np.ptp(recent, axis=0)
+                if float(span[:2].max() + span[2:].max()) < _CYCLE_TOL * tol:
+                    step = min(step, tol * 0.999)
             if correction_px(np.linalg.inv(A_full), size).max_px > 1.5 * max_shift_px:
                 break
             if step < tol or (n_free < n_p and it >= n_it // 3):

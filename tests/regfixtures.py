@@ -10,7 +10,7 @@ from rig.calibration.homography import parallax_table, plane_homography, registr
 from rig.calibration.results import (Calibration, CameraCalibration, Extrinsics, Homography, Registration,
                                      save_calibration)
 from rig.capture.sim_camera import make_sim_cameras
-from rig.sim import DriveWorld
+from rig.sim import DriveWorld, RigMotion
 from rig.rigconfig import RigConfig
 from rig.session import SessionWriter
 
@@ -40,10 +40,17 @@ def truth_calibration(rig: RigConfig, path: Path, plane_m: float = 15.0, output_
 
 
 def record_sim_session(rig: RigConfig, path: Path, seconds: float = 1.0, seed: int = 1, calibration: str | None = None,
-                       ffc_interval_s: float = 0.0) -> Path:
-    """Record ``seconds`` of simulated drive (simulated clock, as fast as it renders)."""
-    world = DriveWorld(rig, seed=seed, duration_s=max(seconds, 0.5), keyframe_hz=2.0, max_render_width=480)
-    cams = make_sim_cameras(rig, world, realtime=False, ffc_interval_s=ffc_interval_s)
+                       ffc_interval_s: float = 0.0, motion: RigMotion | None = None, keyframe_hz: float = 2.0,
+                       world: list | None = None) -> Path:
+    """Record ``seconds`` of simulated drive (simulated clock, as fast as it renders).
+
+    ``motion`` moves the LWIR camera (ground truth: ``world[0].lwir_rotation(t)`` when a list is passed as ``world``).
+    """
+    drive = DriveWorld(rig, seed=seed, duration_s=max(seconds, 0.5), keyframe_hz=keyframe_hz, max_render_width=480,
+                       motion=motion)
+    if world is not None:
+        world.append(drive)
+    cams = make_sim_cameras(rig, drive, realtime=False, ffc_interval_s=ffc_interval_s)
     with SessionWriter.create(path, rig, calibration=calibration) as w:
         for cam in cams:
             with cam:

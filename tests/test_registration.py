@@ -452,3 +452,147 @@ def test_fuse_on_a_missing_gpu_fails_before_any_work(recorded, tmp_path, monkeyp
     assert err.startswith("error: device: 'cuda' was requested but no CUDA device is available")
     assert err.rstrip().endswith("; use --device cpu")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- alias-free resampling
+def _edge_sigma(img: np.ndarray, rows: slice, cols: slice) -> float:
+    """Edge spread of a vertical edge: RMS width (output px) of the line-spread function (the profile's derivative),
+    less the 1/12 px^2 of the finite difference; median over the rows."""
+    d = np.diff(img[rows, cols].astype(float), axis=1)
+    w = d / d.sum(axis=1, keepdims=True)
+    x = np.arange(d.shape[1])
+    mu = (w * x).sum(axis=1)
+    return float(np.median(np.sqrt((w * (x - mu[:, None]) ** 2).sum(axis=1) - 1 / 12)))
+
+
+def test_visible_resampling_does_not_alias_and_keeps_edges_sharp(truth_cal):
+    """A 0.4 cycles/px grating at the sim's scale (1554 px -> 800) comes out flat (a single bilinear remap
+    folds it into a false pattern of ~45 grey levels); an edge is only as soft as the half-pixel prefilter."""
+    from rig.registration.resample import Resampler, resample
+
+    geom = RegistrationGeometry.from_calibration(load_calibration(truth_cal))
+    tables = remap_tables(geom)
+    rs = Resampler.from_tables(tables)
+    assert rs.footprint_visible == pytest.approx(1554 / 800, rel=0.03) and rs.sigma_lwir == 0.0  # LWIR is upsampled
+    xx = np.arange(1920, dtype=np.float64)[None, :] * np.ones((1200, 1))
+    grating = (128 + 100 * np.sin(2 * np.pi * 0.4 * xx)).astype(np.uint8)
+    inner = (slice(50, -50), slice(50, -50))
+    assert resample(grating, tables.visible_x, tables.visible_y, 0.0)[inner].std() > 40  # what a bare remap does
+    assert resample(grating, tables.visible_x, tables.visible_y, rs.sigma_visible)[inner].std() <= 5.0
+    edge = (np.clip(xx - 1000.3 + 0.5, 0, 1) * 150 + 50).astype(np.float32)  # a pixel-sharp edge near the centre
+    out = resample(edge, tables.visible_x, tables.visible_y, rs.sigma_visible)
+    sigma = _edge_sigma(out, slice(250, 350), slice(330, 470))
+    # Gaussian prefilter of 0.5 output px, the bilinear tent and the source pixel: sqrt(0.5^2 + 0.21^2 + 0.15^2) = 0.56.
+    assert sigma <= 0.6, sigma
+
+
+def test_corrected_lwir_table_is_the_table_composed_with_the_inverse_correction(truth_cal):
+    from rig.registration.correction import ExtendedLwirTable
+
+    geom = RegistrationGeometry.from_calibration(load_calibration(truth_cal))
+    a = np.radians(0.4)
+    C = np.array([[np.cos(a), -np.sin(a), 3.5], [np.sin(a), np.cos(a), -2.0], [0, 0, 1]])
+    tx, ty = ExtendedLwirTable.from_geometry(geom, 32).corrected(C, geom.output_size)
+    uv = np.array([[0.0, 0.0], [400.0, 300.0], [799.0, 599.0], [13.0, 577.0]])
+    src = np.c_[uv, np.ones(4)] @ np.linalg.inv(C).T
+    expect = output_to_raw_lwir(geom, src[:, :2] / src[:, 2:])
+    got = np.stack([tx[uv[:, 1].astype(int), uv[:, 0].astype(int)], ty[uv[:, 1].astype(int), uv[:, 0].astype(int)]], 1)
+    assert np.abs(got - expect).max() < 0.01
+
+
+# --------------------------------------------------------------------------- --refine against ground truth
+DRIFT = dict(drift_deg=(0.15, -0.2, 0.6), drift_end_s=2.0, vibration_deg=(0.01, 0.01, 0.03), vibration_hz=1.3)
+
+
+def _misalignment_with_motion(rig, geom, dR: np.ndarray, C: np.ndarray, depth_m: float = 15.0, grid: int = 9):
+    """Output-px misalignment at ``depth_m`` when the LWIR camera is turned by ``dR`` and registration applies ``C``."""
+    from rig.sim import camera_model
+
+    W, H = geom.output_size
+    u, v = np.meshgrid(np.linspace(0, W - 1, grid), np.linspace(0, H - 1, grid))
+    uv = np.stack([u.ravel(), v.ravel()], axis=1)
+    vis_model, ir_model = camera_model(rig.camera("visible")), camera_model(rig.camera("lwir"))
+    rays = np.c_[output_to_visible(geom, uv), np.ones(len(uv))] @ np.linalg.inv(vis_model.K).T
+    l = rig.camera("lwir").sim
+    X_l = ((rays * depth_m) @ l.R.T + l.t) @ dR.T
+    q = raw_lwir_to_output(geom, ir_model.project(X_l))
+    q = np.c_[q, np.ones(len(q))] @ C.T
+    return np.linalg.norm(q[:, :2] / q[:, 2:] - uv, axis=1)
+
+
+def _applied(entry: dict, size) -> np.ndarray:
+    """The correction the pipeline applied to a frame (output px), as logged in full precision."""
+    return np.array(entry["refine"]["applied"]["H"], np.float64)
+
+
+@pytest.fixture(scope="module")
+def refined_drives(sim_rig, truth_cal, tmp_path_factory):
+    """Two 2 s drives (drift + vibration, and a static rig), each registered with and without --refine."""
+    from rig.registration.correction import RefineSettings
+    from rig.sim import RigMotion
+
+    from regfixtures import record_sim_session as record
+
+    out = {}
+    for name, motion in (("drift", RigMotion(**DRIFT)), ("static", None)):
+        base = tmp_path_factory.mktemp(name)
+        worlds: list = []
+        session = record(sim_rig, base / "s", seconds=2.0, calibration=str(truth_cal), motion=motion, keyframe_hz=6.0,
+                         world=worlds)
+        plain = register_session(session, RegisterOptions(out=base / "plain", every=2, contact_sheet_frames=0))
+        refined = register_session(session, RegisterOptions(out=base / "refined", every=2, contact_sheet_frames=2,
+                                                            refine=RefineSettings(every=3, sigma_s=0.5)))
+        out[name] = (worlds[0], plain, refined)
+    return out
+
+
+def _errors(sim_rig, truth_cal, world, out: Path, refined: bool) -> np.ndarray:
+    geom = RegistrationGeometry.from_calibration(load_calibration(truth_cal))
+    fps = sim_rig.camera("lwir").fps
+    errs = []
+    for line in (out / "frames.jsonl").read_text().splitlines():
+        f = json.loads(line)
+        C = _applied(f, geom.output_size) if refined else np.eye(3)
+        errs.append(_misalignment_with_motion(sim_rig, geom, world.lwir_rotation(f["lwir"]["frame_counter"] / fps), C))
+    return np.array(errs)
+
+
+def test_refine_brings_drift_and_vibration_to_half_a_pixel(sim_rig, truth_cal, refined_drives):
+    world, plain, refined = refined_drives["drift"]
+    before = _errors(sim_rig, truth_cal, world, plain.out, refined=False)
+    after = _errors(sim_rig, truth_cal, world, refined.out, refined=True)
+    assert np.median(before) > 1.5 and before.max() > 7.0  # the injected error (0 at the start, ~8 px at the end)
+    assert np.median(after) <= 0.5 and np.percentile(after, 95) <= 1.0, (np.median(after), np.percentile(after, 95))
+    manifest = yaml.safe_load((refined.out / "manifest.yaml").read_text())
+    summary = manifest["refine"]
+    assert summary["drift"]["message"] == "calibration drift: recalibrate" and summary["accepted_fraction"] >= 0.75
+    assert summary["applied_px"]["max"] > 6.0
+    frames = [json.loads(s) for s in (refined.out / "frames.jsonl").read_text().splitlines()]
+    est = [f for f in frames if f["refine"]["estimated"]]
+    assert est and all({"accepted", "confidence", "reason", "measured"} <= set(f["refine"]) for f in est)
+    assert all(len(f["refine"]["applied"]["corners_px"]) == 4 and "rotation_deg" in f["refine"]["applied"] for f in frames)
+    assert "<svg" in (refined.out / "contact_sheet.html").read_text()  # the correction plotted over the drive
+
+
+def test_refine_on_a_static_rig_changes_nothing_measurable(sim_rig, truth_cal, refined_drives):
+    world, plain, refined = refined_drives["static"]
+    change = _errors(sim_rig, truth_cal, world, refined.out, refined=True)  # the truth is 0: the change refine made
+    assert np.median(change) <= 0.1 and np.percentile(change, 95) <= 0.1, (np.median(change), np.percentile(change, 95))
+    assert yaml.safe_load((refined.out / "manifest.yaml").read_text())["refine"]["drift"]["drifting"] is False
+
+
+def test_refined_infrared16_stays_bit_exact(sim_rig, truth_cal, refined_drives):
+    """With a correction applied, Infrared16 is still raw counts at the nearest pixel of the corrected table."""
+    from rig.registration.correction import ExtendedLwirTable
+
+    world, plain, refined = refined_drives["drift"]
+    geom = RegistrationGeometry.from_calibration(load_calibration(truth_cal))
+    f = [json.loads(s) for s in (refined.out / "frames.jsonl").read_text().splitlines()][-1]
+    tx, ty = ExtendedLwirTable.from_geometry(geom, 32).corrected(_applied(f, geom.output_size), geom.output_size)
+    manifest = yaml.safe_load((refined.out / "manifest.yaml").read_text())
+    with SessionReader(manifest["session"]) as r:
+        raw = r.read(r.records("lwir")[f["lwir"]["seq"]])
+    ir16 = cv2.imread(str(refined.out / "Infrared16" / f["file"]), cv2.IMREAD_UNCHANGED)
+    h, w = raw.shape  # a corrected table may point past the raw image's edge: the edge pixel repeats
+    xs, ys = np.clip(np.round(tx).astype(int), 0, w - 1), np.clip(np.round(ty).astype(int), 0, h - 1)
+    assert np.array_equal(ir16, raw[ys, xs])

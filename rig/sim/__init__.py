@@ -24,10 +24,10 @@ from rig.sim.plan import coverage_pose_plan
 from rig.sim.render import ThermalLook, VisibleLook
 from rig.sim.scene import FMB_CLASSES, VARIANTS, RegisteredSample, make_scene, render_registered, render_scene
 from rig.sim.views import BoardView, BoardViewRenderer, board_pose_plan, camera_model, pose_in_camera
-from rig.sim.worlds import BoardWorld, DriveWorld, SimWorld
+from rig.sim.worlds import BoardWorld, DriveWorld, RigMotion, SimWorld
 
 __all__ = [
-    "FMB_CLASSES", "VARIANTS", "BoardView", "BoardViewRenderer", "BoardWorld", "DriveWorld", "RegisteredSample",
+    "FMB_CLASSES", "VARIANTS", "BoardView", "BoardViewRenderer", "BoardWorld", "DriveWorld", "RegisteredSample", "RigMotion",
     "SimWorld", "ThermalLook", "VisibleLook", "board_pose_plan", "camera_model", "coverage_pose_plan", "make_scene", "pose_in_camera",
     "render_registered", "render_scene",
 ]

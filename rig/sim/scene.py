@@ -310,7 +310,7 @@ def _shade_impl(scene: Scene, pts, d, lam, box_id, face, variant: str) -> SceneR
     color[side] = (0.5 + 0.05 * n_ground[side])[:, None] * np.array([1, 0.97, 0.93])
     color[verge] = (0.35 + 0.05 * n_ground[verge])[:, None] * np.array([0.8, 0.9, 0.6])
     temp[road] = (29.0 if not night else 14.0) + 0.8 * n_ground[road]
-    temp[mark] = (29.0 if not night else 13.0)
+    temp[mark] = (26.0 if not night else 13.0)  # white paint absorbs less sunlight than asphalt
     temp[side] = (28.0 if not night else 12.0) + 0.6 * n_ground[side]
     temp[verge] = (24.0 if not night else 9.0) + 0.8 * n_ground[verge]
     shade_ground = max(0.2, -sun[1])
@@ -335,7 +335,12 @@ def _shade_impl(scene: Scene, pts, d, lam, box_id, face, variant: str) -> SceneR
         color[hit] = col[ids] * (1 + tex[ids] * n)[:, None] * lambert[:, None]
         windows = (lab[ids] == BUILDING) & (np.sin(pts[hit][:, 1] * 2.2) > 0.3) & (np.sin(pts[hit][:, 2] * 1.6 + pts[hit][:, 0] * 1.6) > 0.2)
         color[hit] = np.where(windows[:, None], color[hit] * 0.45 + 0.05, color[hit])
-        temp[hit] = (tnight if night else tday)[ids] + 0.7 * n
+        # Thermal appearance of what the visible camera sees as shading and windows (as in real LWIR): sunlit faces
+        # are warmer by day (solar gain), and glass is opaque in LWIR: it reflects the cold sky by day and loses
+        # heat (warmer than the wall) by night, so windows show in both modalities.
+        sunlit = np.clip(normals @ -sun, 0, 1)
+        temp[hit] = (tnight if night else tday)[ids] + 0.7 * n + (0.0 if night else 4.0) * sunlit
+        temp[hit] = np.where(windows, temp[hit] + (2.0 if night else -5.0), temp[hit])
         emissive[hit] = glow[ids] * (windows * 0.6 + (lab[ids] != BUILDING))
 
     depth = lam.astype(np.float32)

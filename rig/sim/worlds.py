@@ -10,18 +10,27 @@ so worlds render *keyframes* (``keyframe_hz``, ahead of time in
 :meth:`SimWorld.prepare`); the simulated camera driver
 (:mod:`rig.capture.sim_camera`) delivers each frame as the keyframe at its time
 plus fresh sensor noise.
+
+A :class:`DriveWorld` can move the LWIR camera relative to the visible one
+(:class:`RigMotion`: slow drift plus vibration, a rotation about the LWIR
+camera's own centre, as a flexing mount or a warming camera does). The motion is
+rendered exactly (the LWIR keyframe is ray-cast at the moved pose, so parallax
+stays right) and is sampled at keyframe times: every frame shows the motion of
+its keyframe, which :meth:`DriveWorld.lwir_rotation` returns as ground truth.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from rig.boards import Board
 from rig.camera_model import CameraModel
-from rig.rigconfig import CameraSpec, RigConfig
+from rig.rigconfig import CameraSpec, RigConfig, rotation_from_vector_deg
 from rig.sim.render import BoardRenderer, ThermalLook, VisibleLook, render_board_visible
 from rig.sim.scene import drive_pose, make_scene, render_scene
 from rig.sim.views import board_pose_plan, camera_model, pose_in_camera
@@ -70,12 +79,63 @@ class SimWorld:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class RigMotion:
+    """The LWIR camera's rotation relative to its calibrated pose over time: slow drift plus vibration.
+
+    Rotations are rotation vectors in degrees about the LWIR camera's axes (x right, y down, z forward:
+    ``[tilt, pan, roll]``), applied about the camera centre (``X_cam' = dR @ X_cam``).
+
+    Attributes:
+        drift_deg: rotation reached at ``drift_end_s``; it grows linearly from zero at ``drift_start_s``.
+        drift_start_s, drift_end_s: the drift's time span (constant before and after).
+        vibration_deg: amplitude per axis of the vibration (a sum of two sines, at ``vibration_hz`` and
+            1.7 times it, with seeded phases; peak amplitude at most ``vibration_deg``).
+        vibration_hz: its base frequency.
+        seed: vibration phases.
+    """
+
+    drift_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    drift_start_s: float = 0.0
+    drift_end_s: float = 10.0
+    vibration_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    vibration_hz: float = 1.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.drift_end_s <= self.drift_start_s:
+            raise ValueError("drift_end_s must be after drift_start_s")
+        if self.vibration_hz < 0:
+            raise ValueError("vibration_hz must be >= 0")
+
+    @property
+    def static(self) -> bool:
+        return not (any(self.drift_deg) or any(self.vibration_deg))
+
+    def rotation_deg(self, t: float) -> np.ndarray:
+        """Rotation vector (deg, LWIR camera axes) at world time ``t``."""
+        f = min(1.0, max(0.0, (t - self.drift_start_s) / (self.drift_end_s - self.drift_start_s)))
+        phases = np.random.default_rng(self.seed).uniform(0, 2 * math.pi, (3, 2))
+        w = 2 * math.pi * self.vibration_hz * t
+        vib = np.array([0.6 * math.sin(w + phases[k, 0]) + 0.4 * math.sin(1.7 * w + phases[k, 1]) for k in range(3)])
+        return f * np.asarray(self.drift_deg, np.float64) + np.asarray(self.vibration_deg, np.float64) * vib
+
+    def rotation(self, t: float) -> np.ndarray:
+        """``(3, 3)`` rotation ``dR`` at ``t`` (LWIR camera frame: ``X' = dR @ X``)."""
+        return rotation_from_vector_deg(self.rotation_deg(t))
+
+
 class DriveWorld(SimWorld):
-    """A street driven at ``speed_mps`` in the ego lane, in ``variant`` conditions."""
+    """A street driven at ``speed_mps`` in the ego lane, in ``variant`` conditions.
+
+    ``motion`` (a :class:`RigMotion`) moves the LWIR camera relative to the visible one over the drive.
+    """
 
     def __init__(self, rig: RigConfig, seed: int = 0, speed_mps: float = 8.0, variant: str = "day",
-                 duration_s: float = 10.0, keyframe_hz: float = 2.0, max_render_width: int = 960):
+                 duration_s: float = 10.0, keyframe_hz: float = 2.0, max_render_width: int = 960,
+                 motion: RigMotion | None = None):
         super().__init__(rig)
+        self.motion = motion if motion is not None and not motion.static else None
         self.seed, self.speed_mps, self.variant = seed, speed_mps, variant
         self.duration_s, self.keyframe_hz = duration_s, keyframe_hz
         self.max_render_width = max_render_width  # wider cameras render at a lower scale and are upsampled
@@ -86,6 +146,15 @@ class DriveWorld(SimWorld):
         """World -> rig pose at time ``t`` (gentle weave and pitch from the road)."""
         return drive_pose(5.0 + self.speed_mps * t, yaw_deg=1.5 * np.sin(0.4 * t), pitch_deg=3.0 + 0.3 * np.sin(1.3 * t))
 
+    def lwir_rotation(self, t: float) -> np.ndarray:
+        """Ground truth: the LWIR camera's rotation ``dR`` in the frame shown at world time ``t`` (identity: static).
+
+        Frames show their keyframe, so this is the motion at the keyframe's time (``X_lwir = dR @ X_calibrated``).
+        """
+        if self.motion is None:
+            return np.eye(3)
+        return self.motion.rotation(self.keyframe_index(t) / self.keyframe_hz)
+
     def render_keyframe(self, spec: CameraSpec, t: float) -> np.ndarray:
         if self._scene is None:
             self._scene = make_scene(self.seed, length=40.0 + self.speed_mps * self.duration_s + 120.0)
@@ -94,6 +163,9 @@ class DriveWorld(SimWorld):
         model = self._models[spec.name]
         Rr, tr = self.rig_pose(t)
         R, tt = spec.sim.R @ Rr, spec.sim.R @ tr + spec.sim.t  # world -> camera
+        if spec.role == "lwir" and self.motion is not None:  # turned about its own centre
+            dR = self.motion.rotation(t)
+            R, tt = dR @ R, dR @ tt
         r = render_scene(self._scene, model, R, tt, self.variant)
         if spec.role == "lwir":
             img = cv2.GaussianBlur(r.temperature, (0, 0), spec.sim.thermal.blur_sigma_px)

@@ -1,0 +1,272 @@
+"""``rig register --refine``: per-pair targetless corrections, smoothed over the drive, composed into the remap.
+
+Design (two passes, one interpolation per output pixel):
+
+1. *Estimate* (cheap): every ``every``-th pair is registered at low resolution (``work_size``,
+   320x240 by default, same crop: a box-reduced grey visible image and the prefiltered LWIR,
+   remapped through low-resolution tables), and :func:`~rig.registration.refine.refine_alignment`
+   measures its residual correction. The correction is converted to output pixels.
+2. *Smooth*: :func:`~rig.registration.refine.smooth_corrections` over the frame times (robust local
+   linear fit, ``sigma_s`` seconds): a single frame cannot jump, refused and unestimated pairs take
+   their neighbours' trend. :func:`~rig.registration.refine.detect_drift` judges whether the
+   correction keeps growing ("calibration drift: recalibrate").
+3. *Register*: the smoothed correction ``C`` (LWIR output px -> visible output px) is composed into
+   the LWIR table: the corrected LWIR image is ``I(C^-1 u)``, i.e. the table ``T`` becomes
+   ``T o C^-1``, evaluated by sampling ``T`` (computed once on a grid with a margin, so ``C^-1 u``
+   may leave the output) at ``C^-1 u``. ``Infrared16/`` stays nearest-neighbour on that table.
+
+Why relative to the drive's start (``reference="start"``, the default): the two cameras are a
+stereo pair (13 cm apart on the sim rig), and the homography is exact only on the working plane;
+everything nearer or farther is displaced along the epipolar direction by its parallax (7.6 px at
+infinity, 15 px at 5 m on the sim rig). A single pair cannot tell that displacement from a
+miscalibration, so an absolute estimate on a perfectly calibrated rig is the content's mean
+parallax (about 2.5 px on sim streets), not zero. What a pair *can* measure well is how the
+correction *changes*: drift and vibration move every depth alike, while a street's depth mix
+changes slowly. So the correction applied is the smoothed trend relative to its value at the first
+accepted estimate (the local linear fit there, so a drift already under way is not absorbed): the
+calibration is trusted at the drive's start.
+
+Apply only if significant: the content's changing parallax and one-modality structure make single
+estimates scatter about the trend (robust scatter ``s``, measured on the drive itself). A correction
+smaller than ``significance * s`` (2 s by default, about a 95 % two-sided band of one estimate) cannot
+be told from that scatter and is not applied; from ``2 x`` that on it is applied in full, and
+continuously in between, so no frame jumps. A static rig is therefore left exactly as calibrated. ``reference="absolute"`` applies the measurement as
+it is (for rigs whose baseline is negligible at the scene's depths).
+
+Everything here but :func:`estimate_track` (which reads the session) is a pure function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from rig.errors import RigError
+from rig.pixfmt import to_gray8
+from rig.registration.geometry import RegistrationGeometry, RemapTables, output_to_raw_lwir, remap_tables
+from rig.registration.refine import (Correction, DriftReport, RefineResult, _affine_from_displacements, _displacements,
+                                     correction_px, detect_drift, refine_alignment, smooth_corrections)
+from rig.registration.resample import Resampler, resample
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """``--refine`` options."""
+
+    every: int = 6  # estimate every K-th registered pair
+    work_size: tuple[int, int] = (320, 240)  # low-resolution registered pair the estimate is made on
+    sigma_s: float = 1.0  # temporal smoothing kernel, seconds
+    max_shift_px: float = 24.0  # bound of the correction, output px
+    margin_px: int = 32  # extension of the LWIR table beyond the output (>= max_shift_px)
+    reference: str = "start"  # "start": corrections relative to the drive's start; "absolute": as measured
+    significance: float = 2.0  # apply corrections from this many times a single estimate's scatter (0: always)
+
+    def __post_init__(self) -> None:
+        if self.reference not in ("start", "absolute"):
+            raise RigError(f"refine reference must be 'start' or 'absolute', got '{self.reference}'")
+        if self.every < 1 or self.sigma_s <= 0:
+            raise RigError("refine: every must be >= 1 and sigma_s > 0")
+
+    def identity(self) -> dict:
+        return {"every": self.every, "work_size": list(self.work_size), "sigma_s": self.sigma_s,
+                "max_shift_px": self.max_shift_px, "reference": self.reference, "significance": self.significance}
+
+
+@dataclass(frozen=True)
+class CorrectionTrack:
+    """Per registered pair: the smoothed correction to apply and what was measured.
+
+    Attributes:
+        H: ``(N, 3, 3)`` smoothed corrections, output px (LWIR -> visible), one per job.
+        results: job position -> :class:`RefineResult` (output px) for the pairs estimated.
+        drift: :class:`DriftReport` of the smoothed corrections over the drive.
+    """
+
+    H: np.ndarray
+    results: dict
+    drift: DriftReport
+    scatter_px: float = 0.0  # a single estimate's robust scatter about the trend
+    gate_px: float = 0.0  # corrections below this are not applied (significance x scatter_px)
+
+    def frame_record(self, k: int, size: tuple[int, int]) -> dict:
+        """The ``frames.jsonl`` ``refine`` entry of job position ``k``."""
+        r = self.results.get(k)
+        out = {"applied": {**correction_px(self.H[k], size).as_dict(), "H": [[float(v) for v in row] for row in self.H[k]]},
+               "estimated": r is not None}
+        if r is not None:
+            out.update(accepted=bool(r.accepted), confidence=round(float(r.confidence), 4), reason=r.reason,
+                       measured=r.correction.as_dict())
+        return out
+
+    def summary(self, size: tuple[int, int]) -> dict:
+        """The manifest's ``refine`` summary."""
+        mags = np.array([correction_px(h, size).max_px for h in self.H]) if len(self.H) else np.zeros(1)
+        n_est = len(self.results)
+        n_acc = sum(1 for r in self.results.values() if r.accepted)
+        return {"estimated_pairs": n_est, "accepted_fraction": round(n_acc / n_est, 4) if n_est else 0.0,
+                "estimate_scatter_px": round(self.scatter_px, 3), "applied_from_px": round(self.gate_px, 3),
+                "applied_px": {"median": round(float(np.median(mags)), 3), "max": round(float(mags.max()), 3)},
+                "drift": {"drifting": self.drift.drifting, "message": self.drift.message,
+                          "growth_px": round(self.drift.growth_px, 3), "level_px": round(self.drift.level_px, 3)}}
+
+
+def level_transform(scale: float) -> np.ndarray:
+    """Output px -> px of the same image at ``scale`` times the resolution (``x' = (x + 0.5) s - 0.5``)."""
+    return np.array([[scale, 0, 0.5 * scale - 0.5], [0, scale, 0.5 * scale - 0.5], [0, 0, 1.0]])
+
+
+def to_output_px(H_low: np.ndarray, scale: float) -> np.ndarray:
+    """A correction measured on a ``scale``-times reduced pair, expressed in output px."""
+    S = level_transform(scale)
+    H = np.linalg.inv(S) @ H_low @ S
+    return H / H[2, 2]
+
+
+@dataclass(frozen=True)
+class LowResPair:
+    """Low-resolution registration of a pair: tables into a box-reduced visible image and the raw LWIR."""
+
+    tables: RemapTables  # visible tables address the box-reduced visible image
+    reduce: int  # box reduction of the visible image before the remap
+    sigma_visible: float
+    sigma_lwir: float
+    scale: float  # low-res px per output px
+
+    @classmethod
+    def from_geometry(cls, geom: RegistrationGeometry, work_size: tuple[int, int]) -> "LowResPair":
+        if abs(work_size[0] / work_size[1] - geom.output_size[0] / geom.output_size[1]) > 0.01:
+            raise RigError(f"refine work size {work_size} differs in aspect from the output {geom.output_size}")
+        t = remap_tables(dataclasses.replace(geom, output_size=tuple(work_size)))
+        fp = Resampler.from_tables(t)
+        q = max(1, 2 ** int(math.floor(math.log2(max(fp.footprint_visible, 1.0)))))  # box-reduce by a power of 2
+        vx, vy = (t.visible_x + 0.5) / q - 0.5, (t.visible_y + 0.5) / q - 0.5
+        tables = RemapTables(vx.astype(np.float32), vy.astype(np.float32), t.lwir_x, t.lwir_y)
+        fl = Resampler.from_tables(tables)
+        return cls(tables, q, fl.sigma_visible, fl.sigma_lwir, work_size[0] / geom.output_size[0])
+
+    def register(self, raw_v: np.ndarray, fmt_v: str, raw_l: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(visible grey, LWIR 8-bit)`` at the work size (uncorrected)."""
+        g = to_gray8(raw_v, fmt_v)
+        if self.reduce > 1:
+            h, w = g.shape
+            g = cv2.resize(g[:h - h % self.reduce, :w - w % self.reduce], (w // self.reduce, h // self.reduce),
+                           interpolation=cv2.INTER_AREA)
+        t = self.tables
+        vis = resample(g, t.visible_x, t.visible_y, self.sigma_visible)
+        irf = resample(raw_l.astype(np.float32), t.lwir_x, t.lwir_y, self.sigma_lwir)
+        ir8 = np.clip((irf - lo) * (255.0 / max(hi - lo, 1)) + 0.5, 0, 255).astype(np.uint8)
+        return vis, ir8
+
+
+def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tuple[int, int],
+                   settings: RefineSettings, workers: int = 2, clock=None) -> CorrectionTrack:
+    """Pass 1 and 2: estimate every ``settings.every``-th pair at low resolution, smooth, judge drift."""
+    import time
+
+    n = len(jobs)
+    low = LowResPair.from_geometry(geom, settings.work_size)
+    picks = sorted(set(range(0, n, max(1, settings.every))) | ({n - 1} if n else set()))
+    lo, hi = ir_range
+
+    def one(k: int) -> tuple[int, RefineResult | None]:
+        t0 = time.perf_counter()
+        job = jobs[k]
+        try:
+            raw_v, raw_l = reader.read(job.pair.a), reader.read(job.pair.b)
+        except RigError:
+            return k, None
+        vis, ir8 = low.register(raw_v, job.pair.a.pixel_format, raw_l, lo, hi)
+        r = refine_alignment(vis, ir8, max_shift_px=settings.max_shift_px * low.scale)
+        r = dataclasses.replace(r, H=to_output_px(r.H, low.scale), estimate=to_output_px(r.estimate, low.scale),
+                                correction=correction_px(to_output_px(r.estimate, low.scale), geom.output_size))
+        if clock is not None:
+            clock.add("refine", time.perf_counter() - t0)
+        return k, r
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="refine") as pool:
+        results = {k: r for k, r in pool.map(one, picks) if r is not None}
+    times = np.array([j.pair.a.host_ns for j in jobs], np.float64) * 1e-9
+    order_ok = n < 2 or np.all(np.diff(times) >= 0)
+    if not order_ok:
+        times = np.maximum.accumulate(times)
+    H = np.repeat(np.eye(3)[None], n, axis=0)
+    acc = np.zeros(n, bool)
+    conf = np.zeros(n)
+    for k, r in results.items():
+        H[k], acc[k], conf[k] = r.estimate, r.accepted, r.confidence
+    size = geom.output_size
+    smoothed = smooth_corrections(H, acc, size=size, times=times, confidence=conf, sigma=settings.sigma_s) if n else H
+    noise_px = estimate_scatter(H, smoothed, acc, size)
+    if settings.reference == "start" and acc.any():
+        # The trend's value at the first accepted estimate is the calibrated state (see the module docstring).
+        smoothed = smoothed @ np.linalg.inv(smoothed[int(np.flatnonzero(acc)[0])])
+        smoothed /= smoothed[:, 2:3, 2:3]
+    tau = settings.significance * noise_px
+    smoothed = significance_gate(smoothed, size, tau)
+    # Drift is judged on what is applied (relative to the start, gated): the raw estimates also carry the
+    # content's changing parallax, which on a static rig can trend by more than the 2 px threshold.
+    drift = detect_drift(smoothed, acc, size=size, times=times)
+    return CorrectionTrack(smoothed, results, drift, noise_px, tau)
+
+
+def estimate_scatter(H: np.ndarray, smoothed: np.ndarray, accepted: np.ndarray, size: tuple[int, int]) -> float:
+    """Robust scatter (px) of the accepted per-pair estimates about the smoothed trend: a single estimate's
+    repeatability (1.4826 x the median of each estimate's largest centre/corner residual; 0 with < 3 estimates)."""
+    if np.count_nonzero(accepted) < 3:
+        return 0.0
+    d = _displacements(H[accepted], size) - _displacements(smoothed[accepted], size)
+    return 1.4826 * float(np.median(np.hypot(d[..., 0], d[..., 1]).max(axis=1)))
+
+
+def significance_gate(H: np.ndarray, size: tuple[int, int], tau: float) -> np.ndarray:
+    """Apply a correction only where it is significant: displacements scaled by ``clip(m / tau - 1, 0, 1)``,
+    ``m`` the correction's largest displacement. Below ``tau`` (what a single estimate scatters by) nothing is
+    applied, from ``2 tau`` on all of it, continuously in between (no frame jumps)."""
+    if tau <= 0 or len(H) == 0:
+        return H
+    d = _displacements(H, size)
+    m = np.hypot(d[..., 0], d[..., 1]).max(axis=1)
+    gain = np.clip(m / tau - 1.0, 0.0, 1.0)
+    return _affine_from_displacements(d * gain[:, None, None], size)
+
+
+@dataclass(frozen=True)
+class ExtendedLwirTable:
+    """The LWIR remap table on the output grid extended by ``margin`` px on every side."""
+
+    x: np.ndarray
+    y: np.ndarray
+    margin: int
+
+    @classmethod
+    def from_geometry(cls, geom: RegistrationGeometry, margin: int) -> "ExtendedLwirTable":
+        W, Hh = geom.output_size
+        u, v = np.meshgrid(np.arange(-margin, W + margin, dtype=np.float64),
+                           np.arange(-margin, Hh + margin, dtype=np.float64))
+        p = output_to_raw_lwir(geom, np.stack([u, v], axis=-1)).astype(np.float32)
+        return cls(p[..., 0].copy(), p[..., 1].copy(), margin)
+
+    def corrected(self, C: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """LWIR tables ``T o C^-1`` for a correction ``C`` (output px): where each output pixel reads the raw LWIR."""
+        W, Hh = size
+        Ci = np.linalg.inv(C)
+        u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(Hh, dtype=np.float64))
+        z = Ci[2, 0] * u + Ci[2, 1] * v + Ci[2, 2]
+        mx = ((Ci[0, 0] * u + Ci[0, 1] * v + Ci[0, 2]) / z + self.margin).astype(np.float32)
+        my = ((Ci[1, 0] * u + Ci[1, 1] * v + Ci[1, 2]) / z + self.margin).astype(np.float32)
+        tx = cv2.remap(self.x, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        ty = cv2.remap(self.y, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return tx, ty
+
+
+def is_identity(C: np.ndarray, size: tuple[int, int], tol_px: float = 1e-3) -> bool:
+    return correction_px(C, size).max_px < tol_px
+
+
+__all__ = ["Correction", "CorrectionTrack", "ExtendedLwirTable", "LowResPair", "RefineSettings", "estimate_track",
+           "is_identity", "level_transform", "to_output_px"]
