@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fuse.add_argument("--model", type=Path, help="SegMiF checkpoint (default: the bundled CPU weights); "
                                                  "manifest.yaml records its sha256")
     fuse.add_argument("--batch", type=int, default=2, help="pairs per model batch (default 2)")
+    fuse.add_argument("--fusion", default="segmif", choices=("segmif", "average", "max", "laplacian"),
+                      help="segmif: fuse and segment with the model (default); average, max, laplacian: a classical "
+                           "fusion only (no model, no Label/ or Color/), for users without the weights or the time")
     fuse.set_defaults(handler=lambda a: run(a, fuse=True))
 
 
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace, fuse: bool) -> int:
                               out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,
                               force=args.force, fuse=fuse, device=getattr(args, "device", "cpu"),
                               model_path=getattr(args, "model", None), batch_size=getattr(args, "batch", 2),
-                              contact_sheet_frames=args.contact_sheet)
+                              contact_sheet_frames=args.contact_sheet, fusion=getattr(args, "fusion", "segmif"))
     console = Console(stderr=True)
     with progress_bar(TextColumn("[bold]register" + ("+fuse" if fuse else "")), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console) as bar:
@@ -78,5 +81,7 @@ def report(result, console) -> None:
         console.print(f"refine: correction median {r['applied_px']['median']:.2f} px, max {r['applied_px']['max']:.2f} px, "
                       f"{100 * r['accepted_fraction']:.0f} % of {r['estimated_pairs']} estimates accepted; "
                       f"[{style}]{r['drift']['message']}[/]", highlight=False)
+    if result.labels_note:
+        console.print(f"[yellow]note: {result.labels_note}[/]", highlight=False)
     if result.contact_sheet:
         console.print(f"contact sheet: {result.contact_sheet}", highlight=False)

@@ -64,7 +64,22 @@ def correction_plot(frames: list[dict], width: int = 800, height: int = 160) -> 
             '</span>; grey dots: accepted per-pair measurements (largest displacement).</small></p>')
 
 
-def write_contact_sheet(out: Path, frames: list[dict], n: int, geom=None) -> Path | None:
+def legend_html(labels: dict | None) -> str:
+    """The class legend and the labels' provenance (and, where due, the warning that they are unreliable)."""
+    if not labels:
+        return ""
+    swatches = "".join(
+        f'<span style="display:inline-block;margin:2px 8px 2px 0"><span style="display:inline-block;width:14px;'
+        f'height:14px;vertical-align:middle;border:1px solid #888;background:rgb({",".join(map(str, c["rgb"]))})">'
+        f'</span> {c["id"]} {html.escape(c["name"])}</span>' for c in labels["legend"])
+    warn = (f'<p style="color:#b00;font-weight:bold">Warning: {html.escape(labels["note"])}</p>'
+            if labels.get("note") else "")
+    return (f'<h2>Segmentation classes ({html.escape(labels["classes"])})</h2><p>{swatches}</p>'
+            f'<p>Labels by {html.escape(labels["weights"])} (sha256 {labels["weights_sha256"][:12]}, '
+            f'{html.escape(str(labels.get("model_version")))}), trained on {html.escape(labels["trained_on"])}.</p>{warn}')
+
+
+def write_contact_sheet(out: Path, frames: list[dict], n: int, geom=None, labels: dict | None = None) -> Path | None:
     """Write ``contact_sheet.html`` and its thumbnails for ``n`` evenly spaced frames; returns the HTML path."""
     if not frames:
         return None
@@ -72,7 +87,9 @@ def write_contact_sheet(out: Path, frames: list[dict], n: int, geom=None) -> Pat
     folder.mkdir(exist_ok=True)
     picks = [frames[int(i)] for i in np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).round())]
     has_fusion = (out / "Fusion").is_dir()
-    columns = ["visible", "LWIR", "overlay (checker)"] + (["fused", "segmentation"] if has_fusion else [])
+    has_labels = (out / "Color").is_dir()
+    columns = (["visible", "LWIR", "overlay (checker)"] + (["fused"] if has_fusion else [])
+               + (["segmentation"] if has_labels else []))
     rows = []
     for f in picks:
         name = f["file"]
@@ -84,9 +101,11 @@ def write_contact_sheet(out: Path, frames: list[dict], n: int, geom=None) -> Pat
         cells = {"visible": vis, "LWIR": ir_col, "overlay (checker)": checker_blend(vis, ir_col)}
         if has_fusion:
             fused = cv2.imread(str(out / "Fusion" / name), cv2.IMREAD_COLOR)
-            color = cv2.imread(str(out / "Color" / name), cv2.IMREAD_COLOR)
-            if fused is not None and color is not None:
+            if fused is not None:
                 cells["fused"] = fused
+        if has_labels:
+            color = cv2.imread(str(out / "Color" / name), cv2.IMREAD_COLOR)
+            if color is not None:
                 cells["segmentation"] = cv2.addWeighted(vis, 0.4, color, 0.6, 0)
         links = []
         for col in columns:
@@ -106,6 +125,7 @@ def write_contact_sheet(out: Path, frames: list[dict], n: int, geom=None) -> Pat
 <h1>Contact sheet: {html.escape(str(out))}</h1>
 <p>{len(frames)} registered frames; {len(rows)} shown. {html.escape(crop)}. In the overlay, tiles alternate between visible
 and LWIR: edges that continue across tile borders are registered; parallax grows for objects far from the working plane.</p>
+{legend_html(labels)}
 {correction_plot(frames)}
 <table><tr><th>frame</th>{header}</tr>
 {''.join(rows)}

@@ -38,6 +38,9 @@ from rig.registration.resample import Resampler, nearest, resample
 from rig.session import FrameFlags, Pair, SessionReader
 
 
+FUSION_METHODS = ("segmif", "average", "max", "laplacian")
+
+
 @dataclass(frozen=True)
 class RegisterOptions:
     out: Path | None = None  # default: next to the session, "<name>-fmb"
@@ -53,6 +56,7 @@ class RegisterOptions:
     contact_sheet_frames: int = 8
     output_size: tuple[int, int] | None = None  # default: the calibration's
     refine: RefineSettings | None = None  # --refine: per-pair targetless correction (rig.registration.correction)
+    fusion: str = "segmif"  # register-and-fuse: segmif (fuse + segment) or a classical baseline (fusion only)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class RegisterResult:
     status: str = "complete"
     contact_sheet: Path | None = None
     refine: dict | None = None  # the manifest's refine summary (with --refine)
+    labels_note: str = ""  # set when the labels are not to be trusted (e.g. weights trained on the simulator only)
 
     @property
     def pairs_per_second(self) -> float:
@@ -203,7 +208,9 @@ def register_session(session: str | Path, options: RegisterOptions = RegisterOpt
     if options.every < 1:
         raise RigError(f"--every must be >= 1, got {options.every}")
     model = weights = None
-    if options.fuse:  # the device and the weights are checked before any session work
+    if options.fusion not in FUSION_METHODS:
+        raise RigError(f"--fusion must be one of {', '.join(FUSION_METHODS)}, got {options.fusion!r}")
+    if options.fuse and options.fusion == "segmif":  # the device and the weights are checked before any session work
         model, weights = load_fusion_model(options.model_path, options.device)
     reader = SessionReader(session)
     try:
@@ -223,6 +230,40 @@ class WeightsRecord:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "sha256": self.sha256, "bundled": self.bundled}
+
+
+def label_provenance(weights: WeightsRecord) -> dict:
+    """What the labels in ``Label/``/``Color/`` are: class set, legend, the weights, and whether to trust them.
+
+    Weights whose segmentation was trained on simulated scenes only (the bundled ones, or a
+    checkpoint whose ``training_data`` lists no real labelled set) are flagged as unreliable
+    on real data; imported reference weights (trained on FMB / MFNet) are not.
+    """
+    from rig.model.checkpoint import read_checkpoint
+    from rig.model.classes import get_class_set
+
+    ckpt = read_checkpoint(weights.path)
+    classes = ckpt["config"].get("classes", "fmb")
+    cs = get_class_set(classes)
+    training = ckpt.get("training_data")
+    provenance = ckpt.get("provenance") or {}
+    if provenance.get("source", "").endswith("SegMiF"):
+        trained_on = f"{'FMB' if classes == 'fmb' else 'MFNet'} (the SegMiF authors' published weights)"
+        reliable = True
+    elif training:
+        real = [d for d in training if d.get("labelled") and d.get("kind") != "simulator"]
+        trained_on = ", ".join(str(d.get("name", d.get("kind", "?"))) for d in training)
+        reliable = bool(real)
+    else:  # the bundled weights (model card): segmentation labels from simulator scenes only
+        trained_on = "simulator scenes only" if weights.bundled else "unknown (the checkpoint does not say)"
+        reliable = False
+    note = ("" if reliable else
+            "segmentation trained on simulated scenes only: labels are not reliable on real data "
+            "(a pre-annotation at best; see rig labels export-cvat)")
+    return {"classes": classes, "legend": [{"id": i, "name": n, "rgb": list(c)}
+                                           for i, (n, c) in enumerate(zip(cs.names, cs.palette))],
+            "weights": weights.name, "weights_sha256": weights.sha256, "model_version": ckpt.get("model_version"),
+            "trained_on": trained_on, "reliable_on_real_data": reliable, "note": note}
 
 
 def load_fusion_model(model_path: Path | None, device: str):
@@ -259,10 +300,13 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         "every": o.every,
         "model": weights.sha256 if weights else None,
     }
+    if o.fuse and o.fusion != "segmif":
+        identity["fusion"] = o.fusion
     if o.refine is not None:
         identity["refine"] = o.refine.identity()
     ds = OutputDataset(out, identity)
-    done = ds.open(o.force, REGISTER_DIRS + (FUSE_DIRS if o.fuse else ()))
+    segment = o.fuse and o.fusion == "segmif"
+    done = ds.open(o.force, REGISTER_DIRS + (FUSE_DIRS if segment else ("Fusion",) if o.fuse else ()))
     result = RegisterResult(out, total_pairs=len(jobs), skipped_ffc=skipped_ffc, unpaired=unpaired)
     ir_range = tuple(ds.manifest.get("infrared_8bit", {}).get("range_counts", ())) or infrared_range(reader, jobs, tables)
     cov_v, cov_l = coverage(tables, geom)
@@ -277,7 +321,10 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
                     **resampler.as_dict()},
         coverage={"visible": cov_v, "lwir": cov_l},
         counts={"pairs": len(jobs), "skipped_ffc": skipped_ffc, "unpaired": unpaired},
+        fusion=(o.fusion if o.fuse else None),
+        labels=label_provenance(weights) if segment else None,
     )
+    result.labels_note = (ds.manifest.get("labels") or {}).get("note", "")
     todo = [j for j in jobs if j.index not in done]
     result.already_done = len(jobs) - len(todo)
     clock = _StageClock()
@@ -329,8 +376,9 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
             from rig.model import colorize
 
             write_png(out / "Fusion" / name, cv2.cvtColor(fused, cv2.COLOR_RGB2BGR))
-            write_png(out / "Label" / name, labels)
-            write_png(out / "Color" / name, cv2.cvtColor(colorize(labels), cv2.COLOR_RGB2BGR))
+            if labels is not None:
+                write_png(out / "Label" / name, labels)
+                write_png(out / "Color" / name, cv2.cvtColor(colorize(labels), cv2.COLOR_RGB2BGR))
         a, b = p.job.pair.a, p.job.pair.b
         clock.add("encode+write", time.perf_counter() - t0)
         entry = {"index": p.job.index, "file": name,
@@ -343,7 +391,13 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
 
     def prepare_and_write(job: _Job) -> dict | None:
         p = prepare(job)
-        return None if p is None else write(p)
+        if p is None:
+            return None
+        if o.fuse:  # a classical baseline: fusion only, on the worker thread
+            from rig.model.baselines import fuse_baseline
+
+            return write(p, fuse_baseline(p.visible, p.ir8, o.fusion))
+        return write(p)
 
     workers = max(1, o.workers)
     try:
@@ -374,7 +428,8 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         from rig.registration.contact_sheet import write_contact_sheet
 
         t0 = time.perf_counter()
-        result.contact_sheet = write_contact_sheet(out, ds.frames(), o.contact_sheet_frames, geom)
+        result.contact_sheet = write_contact_sheet(out, ds.frames(), o.contact_sheet_frames, geom,
+                                                   labels=ds.manifest.get("labels"))
         result.stage_seconds["contact sheet"] = time.perf_counter() - t0
     ds.write_manifest(status=result.status if stop_reason is None else stop_reason,
                       counts={"pairs": len(jobs), "written_total": len(ds.completed()), "skipped_ffc": skipped_ffc,

@@ -596,3 +596,47 @@ def test_refined_infrared16_stays_bit_exact(sim_rig, truth_cal, refined_drives):
     h, w = raw.shape  # a corrected table may point past the raw image's edge: the edge pixel repeats
     xs, ys = np.clip(np.round(tx).astype(int), 0, w - 1), np.clip(np.round(ty).astype(int), 0, h - 1)
     assert np.array_equal(ir16, raw[ys, xs])
+
+
+def test_labels_carry_a_legend_provenance_and_a_warning_when_trained_on_the_simulator(recorded, tmp_path):
+    from rig.model import bundled_weights_path
+    from rig.model.classes import FMB_CLASSES, FMB_PALETTE
+
+    out = tmp_path / "fused"
+    result = register_session(recorded, RegisterOptions(out=out, fuse=True, every=10, output_size=(160, 120),
+                                                        contact_sheet_frames=2))
+    labels = yaml.safe_load((out / "manifest.yaml").read_text())["labels"]
+    assert labels["classes"] == "fmb" and labels["reliable_on_real_data"] is False
+    assert labels["trained_on"] == "simulator scenes only" and "not reliable on real data" in labels["note"]
+    assert labels["weights"] == bundled_weights_path().name and len(labels["weights_sha256"]) == 64
+    assert [c["name"] for c in labels["legend"]] == list(FMB_CLASSES)
+    assert [tuple(c["rgb"]) for c in labels["legend"]] == list(FMB_PALETTE)
+    assert "not reliable on real data" in result.labels_note
+    sheet = result.contact_sheet.read_text()
+    assert "Segmentation classes (fmb)" in sheet and "4 traffic lamp" in sheet
+    assert f"background:rgb({','.join(map(str, FMB_PALETTE[4]))})" in sheet.replace(" ", "")
+    assert "Warning: segmentation trained on simulated scenes only" in sheet and labels["weights_sha256"][:12] in sheet
+
+
+@pytest.mark.parametrize("method", ["average", "max", "laplacian"])
+def test_classical_fusion_needs_no_model_and_writes_no_labels(recorded, tmp_path, monkeypatch, method):
+    from rig.model.baselines import fuse_baseline
+    from rig.registration import pipeline
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded for a classical fusion")
+
+    monkeypatch.setattr(pipeline, "load_fusion_model", no_model)
+    out = tmp_path / method
+    result = register_session(recorded, RegisterOptions(out=out, fuse=True, fusion=method, every=10,
+                                                        output_size=(160, 120), contact_sheet_frames=1))
+    assert result.written == 2 and not (out / "Label").exists() and not (out / "Color").exists()
+    name = sorted((out / "Fusion").iterdir())[0].name
+    vis = cv2.cvtColor(cv2.imread(str(out / "Visible" / name)), cv2.COLOR_BGR2RGB)
+    ir = cv2.imread(str(out / "Infrared" / name), cv2.IMREAD_GRAYSCALE)
+    fused = cv2.cvtColor(cv2.imread(str(out / "Fusion" / name)), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(fused, fuse_baseline(vis, ir, method))
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    assert manifest["fusion"] == method and manifest["labels"] is None and manifest["identity"]["fusion"] == method
+    with pytest.raises(RigError, match="--fusion must be one of segmif, average, max, laplacian"):
+        register_session(recorded, RegisterOptions(out=tmp_path / "x", fuse=True, fusion="median"))
