@@ -12,6 +12,9 @@
    simulator's cost and is printed apart (wall and CPU of its worker processes).
 4. ../shared/data/opencv_stereo: left intrinsics vs OpenCV's published ones
    (calibrated as published: fixed aspect ratio).
+5. Real rigs (issue 10), every visible+LWIR pairing in ../shared/data (vimslab_thermal,
+   mints_rgbt_stereo): per-camera RMS (own fit and joint), pairs flagged, and
+   leave-one-pair-out registration error, ours vs the plain OpenCV pipeline, same run.
 
 Shared data is read in place (never copied); sections skip with a message if absent.
 """
@@ -289,9 +292,12 @@ def main(argv=None) -> int:
     ap.add_argument("--views", type=int, default=40)
     ap.add_argument("--lwir-views", type=int, default=12)
     ap.add_argument("--skip-render", action="store_true", help="skip the rendered 2-camera run (slow: rendering)")
-    ap.add_argument("--only", help="comma-separated sections to run: accuracy, opencv, vimslab, lwir, render")
+    ap.add_argument("--only", help="comma-separated sections to run: accuracy, opencv, vimslab, lwir, render, real")
+    ap.add_argument("--folds", type=int, default=12, help="real rigs: leave-one-pair-out folds per set (at most)")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/rig-bench-detections"),
+                    help="real rigs: detection cache folder (corners per image folder)")
     args = ap.parse_args(argv)
-    only = set(args.only.split(",")) if args.only else {"accuracy", "opencv", "vimslab", "lwir", "render"}
+    only = set(args.only.split(",")) if args.only else {"accuracy", "opencv", "vimslab", "lwir", "render", "real"}
     if args.skip_render:
         only.discard("render")
     rig = load_rig("sim")
@@ -306,8 +312,165 @@ def main(argv=None) -> int:
         bench_lwir_detection(rig, args.lwir_views)
     if "render" in only:
         bench_rendered(rig, args.views)
+    if "real" in only:
+        bench_real_rigs(args.folds, args.cache)
     print(f"\nbenchmark wall time {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+
+# --------------------------------------------------------------------------- real rigs (issue 10)
+REAL_SETS = [  # (name, folder, visible camera, lwir camera, board, file stem -> view name)
+    *[(f"vimslab {v}+{l}", "vimslab_thermal", v, l, ("chessboard", 9, 6, 0.0231), None)
+      for v in ("rgb_a", "rgb_b") for l in ("lwir_a", "lwir_b")],
+    *[(f"mints {s} {v}+thermal", f"mints_rgbt_stereo/{s}", v, "thermal", ("chessboard", 7, 6, 0.035), "_")
+      for s in ("utdSet0", "utdSet4") for v in ("left", "right")],
+]
+
+
+def _detect_folder(folder: Path, board: Board, thermal: bool, strip: str | None, cache: Path | None) -> tuple[dict, tuple]:
+    """Our detector over one camera folder: view -> ViewPoints, image size (cached by path and mtime)."""
+    import hashlib
+    import pickle
+
+    from rig.calibration.sources import IMAGE_EXTS, read_image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    key = hashlib.sha1(repr([(str(p), p.stat().st_mtime_ns) for p in files] + [repr(board), thermal]).encode()).hexdigest()
+    if cache is not None and (cache / f"{key}.pkl").is_file():
+        return pickle.loads((cache / f"{key}.pkl").read_bytes())
+    views, size = {}, None
+    obj = board.object_points()
+    for p in files:
+        img = read_image(p)
+        size = (img.shape[1], img.shape[0])
+        d = detect(img, board, thermal=thermal).detection
+        name = p.stem.rsplit(strip, 1)[0] if strip else p.stem
+        if d is not None:
+            views[name] = ViewPoints(name, d.image_points, obj[d.ids], d.ids)
+    out = (views, size)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / f"{key}.pkl").write_bytes(pickle.dumps(out))
+    return out
+
+
+def _ours(points: dict, sizes: dict):
+    """rig: each camera's own fit over all its views, then the joint solve (consistency, robust BA, guard)."""
+    from rig.calibration.joint import solve_joint
+
+    own = {c: calibrate_intrinsics(c, list(points[c].values()), sizes[c]) for c in ("visible", "lwir")}
+    jo = solve_joint(own["visible"], own["lwir"], {"visible", "lwir"})
+    return own, jo
+
+
+def _plain(points: dict, sizes: dict):
+    """Plain OpenCV: calibrateCamera per camera, stereoCalibrate(CALIB_FIX_INTRINSIC), USAC_MAGSAC homography."""
+    intr = {c: plain_calibrate(points[c], sizes[c])[1:] for c in ("visible", "lwir")}
+    names = [n for n in points["visible"] if n in points["lwir"]]
+    from rig.calibration.stereo import common_points
+
+    pairs = [common_points(points["visible"][n], points["lwir"][n]) for n in names]
+    pairs = [(a, b) for a, b in pairs if len(a.ids) >= 6]
+    out = cv2.stereoCalibrate([a.object_points.astype(np.float32) for a, _ in pairs],
+                              [a.image_points.astype(np.float32) for a, _ in pairs],
+                              [b.image_points.astype(np.float32) for _, b in pairs],
+                              *intr["visible"], *intr["lwir"], sizes["visible"], flags=cv2.CALIB_FIX_INTRINSIC)
+    R, t = out[5].T, -out[5].T @ out[6].ravel()
+    from rig.calibration.intrinsics import undistort_pixels
+
+    src = np.concatenate([undistort_pixels(b.image_points, *intr["lwir"]) for _, b in pairs])
+    dst = np.concatenate([undistort_pixels(a.image_points, *intr["visible"]) for a, _ in pairs])
+    H, _ = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, 3.0)
+    return intr, R, t, H
+
+
+def _transfer_error(a: ViewPoints, b: ViewPoints, Kv, Dv, Kl, Dl, R, t, H=None) -> float:
+    """Held-out pair: mean distance (visible px, undistorted) from the visible corners to the LWIR corners mapped
+    by ``H`` or, without it, by the homography of the board's own plane (pose from the visible view) and (R, t)."""
+    from rig.calibration.intrinsics import undistort_pixels
+
+    pv, pl = undistort_pixels(a.image_points, Kv, Dv), undistort_pixels(b.image_points, Kl, Dl)
+    if H is None:
+        ok, rv, tv = cv2.solvePnP(a.object_points, pv, Kv, None)
+        n, d = hg.board_plane(cv2.Rodrigues(rv)[0], tv.ravel())
+        H = hg.plane_homography(Kv, Kl, R, t, d, n)
+    return float(np.linalg.norm(hg.apply_h(H, pl) - pv, axis=1).mean())
+
+
+def bench_real_rigs(folds: int, cache: Path | None) -> None:
+    from rig.calibration.stereo import common_points
+
+    section(f"real rigs: own-fit vs joint RMS, pairs flagged, leave-one-pair-out registration ({folds} folds max)")
+    print("Corners: rig's detector for both pipelines (the comparison is of the calibration). Held-out error: mean\n"
+          "distance (undistorted visible px) of the held-out pair's LWIR corners mapped into the visible image to its\n"
+          "visible corners; 'board plane' maps through the homography of the held-out board's own plane (from its\n"
+          "visible pose) and the extrinsics, 'MAGSAC H' through the plain pipeline's fitted homography.")
+    rows = []
+    for label, rel, vcam, lcam, (btype, cols, rows_, sq), strip in REAL_SETS:
+        root = DATA / rel
+        if not (root / vcam).is_dir() or not (root / lcam).is_dir():
+            print(f"{label}: skipped ({root} not found)")
+            continue
+        board = Board(btype, cols, rows_, sq, polarity="auto", name=label.split()[0])
+        pv, sv = _detect_folder(root / vcam, board, False, strip, cache)
+        pl_, sl = _detect_folder(root / lcam, board, True, strip, cache)
+        points, sizes = {"visible": pv, "lwir": pl_}, {"visible": sv, "lwir": sl}
+        names = [n for n in pv if n in pl_ and len(common_points(pv[n], pl_[n])[0].ids) >= 6]
+        try:
+            own, jo = _ours(points, sizes)
+        except Exception as exc:  # a set our pipeline refuses is a finding, not a crash
+            print(f"{label}: rig failed: {exc}")
+            continue
+        kept = set(jo.stereo.views)
+        flagged = [p for p in (jo.consistency.inconsistent if jo.consistency else [])]
+        print(f"\n{label}: {len(pv)} visible / {len(pl_)} lwir views, {len(names)} pairs; flagged {len(flagged)}"
+              + (": " + ", ".join(f"{p.view} ({p.rotation_deg:.2f} deg, {p.translation_mm:.1f} mm)" for p in flagged[:8])
+                 + (", ..." if len(flagged) > 8 else "") if flagged else ""))
+        for c in ("visible", "lwir"):
+            chk = jo.checks.get(c)
+            print(f"  {c:8s} RMS own fit {own[c].rms_px:.3f} px, joint {chk.joint_rms_px if chk else float('nan'):.3f} px "
+                  f"({100 * (chk.rms_ratio - 1) if chk else float('nan'):+.0f} %), kept {chk.kept if chk else '-'}"
+                  + (f", fixed {','.join(own[c].fixed)}" if own[c].fixed else ""))
+        step = max(1, len(names) // folds)
+        test = names[::step][:folds]
+        errs = {"rig": [], "plain extrinsics": [], "plain MAGSAC H": []}
+        kept_mask = []
+        for n in test:
+            train = {c: {k: v for k, v in points[c].items() if k != n} for c in points}
+            try:
+                o, j = _ours(train, sizes)
+                intr_p, Rp, tp, Hp = _plain(train, sizes)
+                (Kv, Dv), (Kl, Dl) = intr_p["visible"], intr_p["lwir"]
+            except Exception as exc:
+                print(f"  fold {n}: failed ({exc})")
+                continue
+            a, b = common_points(pv[n], pl_[n])
+            iv, il = j.intrinsics["visible"], j.intrinsics["lwir"]
+            errs["rig"].append(_transfer_error(a, b, iv.K, iv.dist, il.K, il.dist, j.stereo.R, j.stereo.t))
+            errs["plain extrinsics"].append(_transfer_error(a, b, Kv, Dv, Kl, Dl, Rp, tp))
+            errs["plain MAGSAC H"].append(_transfer_error(a, b, Kv, Dv, Kl, Dl, Rp, tp, Hp))
+            kept_mask.append(n in kept)
+        km = np.array(kept_mask, bool)
+        if not len(km):
+            continue
+        for k, v in errs.items():
+            v = np.array(v)
+            print(f"  held-out {k:17s} mean {v[km].mean() if km.any() else float('nan'):7.2f} px on {km.sum()} kept pairs, "
+                  f"{v.mean():7.2f} px on all {len(v)}")
+        r, p = np.array(errs["rig"])[km].mean(), min(np.array(errs["plain MAGSAC H"])[km].mean(),
+                                                     np.array(errs["plain extrinsics"])[km].mean())
+        rows.append((label, own, jo, len(names), len(flagged), np.array(errs["rig"])[km].mean(),
+                     np.array(errs["plain extrinsics"])[km].mean(), np.array(errs["plain MAGSAC H"])[km].mean(), km.sum()))
+        print(f"  rig vs the better plain figure: {100 * (1 - r / p):+.0f} % lower (target >= 25 %)")
+    if rows:
+        print(f"\n{'set':30s} {'pairs':>5s} {'flag':>4s} {'vis own/joint':>14s} {'lwir own/joint':>15s} "
+              f"{'rig px':>7s} {'plain R,t':>9s} {'plain H':>8s} {'lower':>6s}")
+        for label, own, jo, n, nf, er, ep, eh, k in rows:
+            cv_, cl_ = jo.checks.get("visible"), jo.checks.get("lwir")
+            print(f"{label:30s} {n:>5d} {nf:>4d} {own['visible'].rms_px:>6.2f}/{cv_.joint_rms_px if cv_ else float('nan'):<7.2f}"
+                  f" {own['lwir'].rms_px:>6.2f}/{cl_.joint_rms_px if cl_ else float('nan'):<8.2f} {er:>7.2f} {ep:>9.2f} "
+                  f"{eh:>8.2f} {100 * (1 - er / min(ep, eh)):>+5.0f}%")
 
 
 if __name__ == "__main__":

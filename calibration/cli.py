@@ -17,7 +17,7 @@ def register(sub) -> None:
                     "rig is calibrated (the board moves through a pose plan). Results accumulate in calibration.yaml.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--board", required=True, help="board YAML file or shipped board name (ir_board, vis_board)")
-    p.add_argument("--rig", default="sim", help="rig YAML file or shipped rig name (default: sim)")
+    p.add_argument("--rig", default=None, help="rig YAML file or shipped rig name (default: sim)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--session", type=Path, help="recorded session directory")
     src.add_argument("--images", action="append", metavar="CAMERA=DIR",
@@ -75,7 +75,7 @@ def _request(args):
     from rig.rigconfig import load_rig
 
     board = load_board(args.board)
-    rig = load_rig(args.rig)
+    rig = load_rig(args.rig or "sim")
     if args.views < 1:
         raise RigError(f"--views must be >= 1, got {args.views}")
     plane = _plane(args.plane)
@@ -91,7 +91,7 @@ def _request(args):
     images = sources.parse_images_args(args.images) if args.images else None
     return CalibrateRequest(board, rig, options, session=args.session, images=images, views=args.views, seed=args.seed,
                             max_views=args.max_views, render_workers=args.render_workers, out=args.out,
-                            report=not args.no_report)
+                            report=not args.no_report, rig_given=args.rig is not None)
 
 
 def run_calibrate(args) -> int:
@@ -171,6 +171,13 @@ def _written(paths: list[Path]) -> list[tuple[Path, list[str]]]:
     return list(groups.items())
 
 
+def describe_homography(h) -> str:
+    """What the stored homography is: a plane-induced one has a plane distance, a RANSAC one does not."""
+    if h.method == "ransac":
+        return "ransac (fitted to the board corners: no plane distance)"
+    return f"plane at {h.plane_distance_m:g} m ({h.plane_source})"
+
+
 def _summary(console, outcome) -> None:
     run = outcome.run
     width = console.width
@@ -186,8 +193,14 @@ def _summary(console, outcome) -> None:
                       f"epipolar {s.epipolar_px['visible']['mean']:.3f} px")
     if run.homography is not None:
         ho = run.held_out
-        _say(console, f"homography: stored {run.homography.method} at {run.homography.plane_distance_m:g} m; held-out "
+        _say(console, f"homography: stored {describe_homography(run.homography)}; held-out "
                       f"boards: plane {ho['plane']['mean_px']:.2f} px, ransac {ho['ransac']['mean_px']:.2f} px")
+    for cam, chk in ((run.bundle or {}).get("checks") or {}).items():
+        _say(console, f"{cam}: RMS own fit {chk['own_rms_px']:.3f} px, joint {chk['joint_rms_px']:.3f} px; kept: {chk['kept']}")
+    if run.consistency is not None and run.stereo is not None:
+        bad = run.consistency.inconsistent
+        _say(console, f"pairs: {len(run.stereo.views)} of {len(run.consistency.pairs)} consistent, used for the extrinsics"
+                      + (f"; left out: {', '.join(p.view for p in bad)}" if bad else ""))
     for n in run.notes:
         _say(console, n, "note:", "cyan")
     for w in run.warnings:

@@ -55,6 +55,7 @@ class IntrinsicsOptions:
     corner_floor_px: float = 0.5
     max_rounds: int = 4
     min_views: int = 4
+    fix_unobservable: bool = True  # distortion terms whose sigma exceeds their magnitude are fixed at 0 (one at a time)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,16 @@ class IntrinsicsResult:
     views: list[ViewPoints]  # as used (after rejection)
     residuals: dict[str, np.ndarray]  # view -> (N, 2) observed - projected
     dropped: list[Dropped] = field(default_factory=list)
+    fixed: tuple[str, ...] = ()  # distortion terms held at 0: the views did not determine them
+    unobservable: dict[str, tuple[float, float]] = field(default_factory=dict)  # flagged term -> (value, sigma)
+
+    def observability_note(self) -> str:
+        """What the model reduction did, for the log and report ('' if nothing)."""
+        if not self.fixed:
+            return ""
+        flagged = ", ".join(f"{k} = {v:.3g} +/- {sd:.2g}" for k, (v, sd) in self.unobservable.items())
+        return (f"{self.camera}: distortion not determined by the views ({flagged}: sigma exceeds the value); "
+                f"model reduced: {', '.join(self.fixed)} fixed at 0")
 
     def camera_model(self) -> CameraModel:
         """Pinhole :class:`~rig.camera_model.CameraModel` (radtan only)."""
@@ -124,10 +135,49 @@ def undistort_pixels(px: np.ndarray, K: np.ndarray, dist: np.ndarray, model: str
     return out.reshape(-1, 2)
 
 
-def _flags(o: IntrinsicsOptions) -> int:
+DIST_NAMES = ("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")  # OpenCV's radial-tangential order
+_FIX_FLAG = {"k1": cv2.CALIB_FIX_K1, "k2": cv2.CALIB_FIX_K2, "k3": cv2.CALIB_FIX_K3, "k4": cv2.CALIB_FIX_K4,
+             "k5": cv2.CALIB_FIX_K5, "k6": cv2.CALIB_FIX_K6, "p1": cv2.CALIB_ZERO_TANGENT_DIST,
+             "p2": cv2.CALIB_ZERO_TANGENT_DIST}
+
+
+def unobservable_terms(dist: np.ndarray, std: np.ndarray, names: tuple[str, ...] = DIST_NAMES) -> dict[str, float]:
+    """Distortion terms whose standard deviation exceeds their magnitude: name -> sigma / |value| (> 1).
+
+    ``std``: sigma of each coefficient (same order as ``dist``); NaN or 0 (fixed) is skipped.
+    """
+    out = {}
+    for name, v, sd in zip(names, np.ravel(dist), np.ravel(std)):
+        if np.isfinite(sd) and sd > 0 and sd > abs(v):
+            out[name] = float(sd / max(abs(v), 1e-300))
+    return out
+
+
+REDUCTION_ORDER = ("k6", "k5", "k4", "k3", "p1", "k2", "k1")  # fixed first -> last
+
+
+def reduction_step(flagged: list[str], names: tuple[str, ...], fixed: tuple[str, ...]) -> tuple[str, ...]:
+    """The term(s) to fix next when ``flagged`` terms are not determined by the views.
+
+    The highest-order free term that is flagged or is a radial term above a
+    flagged one (``p1``/``p2`` go together: OpenCV fixes them as a pair).
+    """
+    order = [t for t in REDUCTION_ORDER if t in names and t not in fixed]
+    rank = {t: i for i, t in enumerate(REDUCTION_ORDER)}
+    worst_rank = max(rank["p1" if f in ("p1", "p2") else f] for f in flagged)
+    radial_above = [t for t in order if t.startswith("k") and rank[t] <= worst_rank
+                    and any(f.startswith("k") and rank[f] >= rank[t] for f in flagged)]
+    cands = [t for t in order if t in flagged or (t == "p1" and "p2" in flagged)] + radial_above
+    pick = min(cands, key=lambda t: rank[t])
+    return ("p1", "p2") if pick in ("p1", "p2") else (pick,)
+
+
+def _flags(o: IntrinsicsOptions, fixed: tuple[str, ...] = ()) -> int:
     if o.model == "fisheye":
         return cv2.fisheye.CALIB_RECOMPUTE_EXTRINSIC | cv2.fisheye.CALIB_FIX_SKEW
     f = 0
+    for name in fixed:
+        f |= _FIX_FLAG[name]
     if o.rational:
         f |= cv2.CALIB_RATIONAL_MODEL
     if o.fix_aspect_ratio:
@@ -140,7 +190,7 @@ def _flags(o: IntrinsicsOptions) -> int:
 
 
 def _calibrate_once(views: list[ViewPoints], size: tuple[int, int], o: IntrinsicsOptions,
-                    K0: np.ndarray | None = None):
+                    K0: np.ndarray | None = None, fixed: tuple[str, ...] = ()):
     obj = [v.object_points.astype(np.float32).reshape(-1, 1, 3) for v in views]
     img = [v.image_points.astype(np.float32).reshape(-1, 1, 2) for v in views]
     crit = (cv2.TERM_CRITERIA_COUNT + cv2.TERM_CRITERIA_EPS, 100, 1e-12)
@@ -155,7 +205,7 @@ def _calibrate_once(views: list[ViewPoints], size: tuple[int, int], o: Intrinsic
         rms, K, D, rvecs, tvecs = cv2.fisheye.calibrate(obj, img, size, K, D, flags=flags, criteria=crit)
         std = np.full(8, np.nan)
         return rms, K, D.ravel(), rvecs, tvecs, std
-    flags = _flags(o)
+    flags = _flags(o, fixed)
     K = None
     if o.fix_aspect_ratio:
         K = np.eye(3)
@@ -217,6 +267,26 @@ def calibrate_intrinsics(camera: str, views: list[ViewPoints], image_size: tuple
             break
     else:
         rms, K, D, rvecs, tvecs, std = _calibrate_once(views, image_size, options)
+    # Observability: a distortion term the views do not determine (sigma > |value|) means the model is too
+    # rich for them; it is reduced from the top of the hierarchy (k6 .. k3, then the tangential pair, then
+    # k2): a flagged k2 with k3 free fixes k3 first (they trade off), and the camera is re-fitted each time.
+    fixed: list[str] = []
+    unobservable: dict[str, tuple[float, float]] = {}
+    if options.fix_unobservable and options.model == "pinhole":
+        n_dist = len(D)
+        names = DIST_NAMES[:n_dist]
+        for _ in range(n_dist):
+            bad = [k for k in unobservable_terms(D, std[4:4 + n_dist], names) if k not in fixed]
+            if not bad:
+                break
+            group = reduction_step(bad, names, tuple(fixed))
+            for g in bad:
+                i = names.index(g)
+                unobservable.setdefault(g, (float(D[i]), float(std[4 + i])))
+            fixed.extend(group)
+            rms, K, D, rvecs, tvecs, std = _calibrate_once(views, image_size, options, fixed=tuple(fixed))
+            for g in fixed:
+                std[4 + names.index(g)] = 0.0  # fixed: no uncertainty of its own
     # Final residuals and poses for the kept views.
     poses, res, per_view = {}, {}, {}
     for v, rv, tv in zip(views, rvecs, tvecs):
@@ -230,7 +300,7 @@ def calibrate_intrinsics(camera: str, views: list[ViewPoints], image_size: tuple
     std_d = {"fx": float(std[0]), "fy": float(std[1]), "cx": float(std[2]), "cy": float(std[3]),
              "dist": [float(x) for x in std[4:4 + n_dist]] if len(std) >= 4 + n_dist else [float("nan")] * n_dist}
     return IntrinsicsResult(camera, options.model, tuple(image_size), np.asarray(K, np.float64), np.asarray(D, np.float64),
-                            rms, std_d, per_view, poses, views, res, dropped)
+                            rms, std_d, per_view, poses, views, res, dropped, tuple(fixed), unobservable)
 
 
 def max_distortion_difference(K_a: np.ndarray, dist_a: np.ndarray, K_b: np.ndarray, dist_b: np.ndarray,

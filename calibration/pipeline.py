@@ -29,14 +29,15 @@ import numpy as np
 from rig import __version__
 from rig.boards import Board
 from rig.calibration import homography as hg
-from rig.calibration.bundle import bundle_adjust
+from rig.calibration.consistency import Consistency
+from rig.calibration.joint import JointOptions, solve_joint
 from rig.calibration.coverage import Coverage, analyse_coverage
 from rig.calibration.detect import Detection, count_boards_hint, detect
 from rig.calibration.intrinsics import (Dropped, IntrinsicsOptions, IntrinsicsResult, ViewPoints, calibrate_intrinsics,
                                         undistort_pixels)
 from rig.calibration.results import Calibration, CameraCalibration, Extrinsics, Homography, Registration
 from rig.calibration.sources import ViewSource
-from rig.calibration.stereo import StereoResult, epipolar_summary, stereo_calibrate
+from rig.calibration.stereo import StereoResult
 from rig.errors import RigError
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
@@ -60,7 +61,7 @@ class ViewRecord:
 
     view: str
     camera: str
-    status: str  # "ok" | "no board" | "missing"
+    status: str  # "ok" | "no board" | "missing" | "unreadable"
     reason: str = ""
     detection: Detection | None = None
     image_size: tuple[int, int] | None = None
@@ -115,6 +116,9 @@ class CalibrationRun:
     timings: dict[str, float] = field(default_factory=dict)
     calibration: Calibration | None = None
     bundle: dict | None = None  # summary of the joint bundle adjustment
+    own_fit: dict[str, IntrinsicsResult] = field(default_factory=dict)  # each camera alone, before the joint solve
+    consistency: Consistency | None = None  # per-pair relative poses against the robust rig estimate
+    truth: dict = field(default_factory=dict)  # simulator ground truth (synthetic runs), for tests
 
     def detected(self, camera: str) -> int:
         return sum(r.status == "ok" for r in self.records.get(camera, []))
@@ -132,13 +136,17 @@ def detect_views(source: ViewSource, board: Board, options: CalibrateOptions = C
     for cam in source.cameras:
         run.records.setdefault(cam, [])
         run.points.setdefault(cam, {})
+    run.notes.extend(n for n in source.notes if n not in run.notes)
     for view in source.views:
         for cam in source.cameras:
             done += 1
             try:
                 img = source.load(view, cam)
-            except RigError as exc:
-                raise CalibrationError(exc.message, run, path=exc.path, key=exc.key) from None
+            except RigError as exc:  # one bad file among good ones is skipped, named
+                where = Path(exc.path) if exc.path else source.files.get((view, cam))
+                run.records[cam].append(ViewRecord(view, cam, "unreadable", exc.message))
+                run.warnings.append(f"{cam}: {where.name if where else view}: {exc.message}; skipped")
+                continue
             if img is None:
                 run.records[cam].append(ViewRecord(view, cam, "missing"))
                 continue
@@ -161,11 +169,20 @@ def detect_views(source: ViewSource, board: Board, options: CalibrateOptions = C
             if progress:
                 progress("detect", done, total)
     run.timings["detect_s"] = time.perf_counter() - t0
+    unreadable = [r for c in source.cameras for r in run.records[c] if r.status == "unreadable"]
+    if unreadable and all(r.status in ("unreadable", "missing") for c in source.cameras for r in run.records[c]):
+        first = unreadable[0]
+        where = source.files.get((first.view, first.camera))
+        raise CalibrationError(f"no readable image: {first.reason}" + (f" ({len(unreadable)} files)" if len(unreadable) > 1
+                                                                      else ""), run, path=where)
     if all(run.detected(c) == 0 for c in source.cameras):
         hint = ""
         for cam in source.cameras:
             for view in source.views[:3]:
-                img = source.load(view, cam)
+                try:
+                    img = source.load(view, cam)
+                except RigError:
+                    continue
                 if img is not None and (hint := count_boards_hint(img, board)):
                     break
             if hint:
@@ -192,11 +209,13 @@ def solve(run: CalibrationRun, options: CalibrateOptions = CalibrateOptions(), e
             raise CalibrationError(exc.message, run) from None
         run.intrinsics[cam] = res
         run.cameras[cam] = CameraCalibration(cam, res.model, res.image_size, res.K, res.dist, res.rms_px, res.std,
-                                             len(res.views), run.board.name or None)
+                                             len(res.views), run.board.name or None, res.fixed)
         warn, note = summarise_dropped(cam, res.dropped, sum(len(v.ids) for v in views),
                                        options.intrinsics.corner_factor)
         run.warnings.extend(warn)
         run.notes.extend(note)
+        if res.fixed:
+            run.notes.append(res.observability_note())
         cov = analyse_coverage(cam, res.image_size, {v.name: v.image_points for v in res.views}, res.poses)
         run.coverage[cam] = cov
         run.warnings.extend(cov.warnings)
@@ -266,14 +285,23 @@ def _fixed_intrinsics(old: CameraCalibration, points: dict[str, ViewPoints], mod
 
 def _joint(run: CalibrationRun, options: CalibrateOptions) -> None:
     vis, lw = run.intrinsics["visible"], run.intrinsics["lwir"]
-    vis_views = {v.name: v for v in vis.views}
-    lw_views = {v.name: v for v in lw.views}
+    free = {c for c in ("visible", "lwir") if c in run.cameras}
+    run.own_fit = {"visible": vis, "lwir": lw}
     try:
-        st = stereo_calibrate(vis, lw, vis_views, lw_views, min_views=max(3, min(options.intrinsics.min_views, 4)))
+        jo = solve_joint(vis, lw, free, JointOptions(bundle=options.bundle,
+                                                     min_views=max(3, min(options.intrinsics.min_views, 4))))
     except RigError as exc:
         raise CalibrationError(exc.message, run) from None
-    if options.bundle and _bundle_ok(vis, lw):
-        vis, lw, st = _bundle(run, vis, lw, st)
+    run.warnings.extend(jo.warnings)
+    run.notes.extend(jo.notes)
+    run.consistency = jo.consistency
+    if jo.bundle is not None:
+        run.bundle = {**jo.bundle, "checks": {c: ch.__dict__ for c, ch in jo.checks.items()}}
+        for cam in free:
+            new = jo.intrinsics[cam]
+            run.intrinsics[cam] = new
+            run.cameras[cam] = replace(run.cameras[cam], K=new.K, dist=new.dist, rms_px=new.rms_px, std=new.std)
+    vis, lw, st = run.intrinsics["visible"], run.intrinsics["lwir"], jo.stereo
     run.stereo = st
     R, t = st.R, st.t
     # Correspondences in undistorted pixels, per view.
@@ -365,50 +393,42 @@ def _support(vis: IntrinsicsResult, lw: IntrinsicsResult) -> tuple[np.ndarray, n
     return hv, hl
 
 
-def _bundle_ok(vis: IntrinsicsResult, lw: IntrinsicsResult) -> bool:
-    return vis.model == lw.model == "pinhole" and len(vis.dist) <= 5 and len(lw.dist) <= 5
-
-
-def _bundle(run: CalibrationRun, vis: IntrinsicsResult, lw: IntrinsicsResult, st: StereoResult):
-    """Joint bundle adjustment over every view of both cameras (intrinsics computed in this run are freed)."""
-    free = {c for c in ("visible", "lwir") if c in run.cameras}
-    j = bundle_adjust(vis, lw, st.R, st.t, free)
-    for cam in free:
-        old = run.intrinsics[cam]
-        s = j.std_intrinsics[cam]
-        std = {"fx": float(s[0]), "fy": float(s[1]), "cx": float(s[2]), "cy": float(s[3]),
-               "dist": [float(x) for x in s[4:4 + len(old.dist)]]}
-        new = replace(old, K=j.K[cam], dist=j.dist[cam][:len(old.dist)], rms_px=j.rms_px[cam], std=std,
-                      poses={**old.poses, **j.poses[cam]})
-        run.intrinsics[cam] = new
-        run.cameras[cam] = replace(run.cameras[cam], K=new.K, dist=new.dist, rms_px=new.rms_px, std=std)
-    vis, lw = run.intrinsics["visible"], run.intrinsics["lwir"]
-    st = replace(st, R=j.R, t=j.t, std_rotation_deg=j.std_rotation_deg, std_translation_m=j.std_translation_m,
-                 rms_px=float(np.sqrt((j.rms_px["visible"] ** 2 + j.rms_px["lwir"] ** 2) / 2)),
-                 epipolar_px=epipolar_summary(vis, lw, st.pairs, j.R, j.t))
-    run.bundle = {"views": j.views, "observations": j.observations, "iterations": j.iterations,
-                  "free_intrinsics": sorted(free), "rms_px": j.rms_px}
-    return vis, lw, st
-
-
 def build_calibration(run: CalibrationRun) -> Calibration:
     """The :class:`Calibration` of this run alone (see :func:`rig.calibration.results.merge`)."""
     ext = None
     if run.stereo is not None:
         s = run.stereo
-        ext = Extrinsics("lwir", "visible", s.R, s.t, s.std_rotation_deg, s.std_translation_m, s.rms_px, s.epipolar_px)
+        bad, summary = (), None
+        if (c := run.consistency) is not None:
+            bad = tuple({"view": p.view, "rotation_deg": p.rotation_deg, "translation_mm": p.translation_mm}
+                        for p in c.inconsistent)
+            summary = {"pairs_checked": len(c.pairs), "pairs_used": len(s.views), "k_mad": float(c.k),
+                       "rotation_threshold_deg": float(c.rotation_threshold_deg),
+                       "translation_threshold_mm": float(c.translation_threshold_mm)}
+        ext = Extrinsics("lwir", "visible", s.R, s.t, s.std_rotation_deg, s.std_translation_m, s.rms_px, s.epipolar_px,
+                         bad, summary)
     return Calibration(dict(run.cameras), ext, run.homography, run.registration, {})
 
 
 def run_record(run: CalibrationRun, rig: str | None = None) -> dict:
-    """The provenance entry of this run (``rig``: the rig's name, checked by registration)."""
+    """The provenance entry of this run.
+
+    ``rig``: the rig's name (checked by registration against a session's rig):
+    recorded only where it is known: the source's own (a session's manifest,
+    the simulator), else ``rig`` (given by the user); image folders with no
+    rig named record none. ``source_kind`` names the real source.
+    """
     import datetime as dt
 
+    src = run.source
+    rig = (src.rig if src is not None and src.rig else None) or rig
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "software": f"rig {__version__}",
             **({"rig": rig} if rig else {}),
+            "source_kind": src.kind_label if src is not None else "board points",
             "board": run.board.name or str(run.board.source), "board_type": f"{run.board.cols}x{run.board.rows} {run.board.type}",
             "source": run.source.description if run.source else "points",
             "cameras_calibrated": sorted(run.cameras), "views_used": {c: len(r.views) for c, r in run.intrinsics.items()},
             "joint_views": len(run.stereo.views) if run.stereo else 0,
             "dropped": [str(x) for r in run.intrinsics.values() for x in r.dropped],
+            **({"inconsistent_pairs": [p.view for p in run.consistency.inconsistent]} if run.consistency else {}),
             **({"bundle_adjustment": run.bundle} if run.bundle else {})}

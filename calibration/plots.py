@@ -197,8 +197,13 @@ def residual_scatter(residuals: np.ndarray, rms_px: float, camera: str, size: in
 
 
 def per_view_bars(per_view_rms: dict[str, float], camera: str, overall_rms: float | None = None,
-                  height: int = 300) -> Figure:
-    """Per-view reprojection RMS (px) as bars, every view named under its bar; a line at the overall RMS."""
+                  height: int = 300, title: str | None = None, y_label: str = "RMS (px)",
+                  highlight: set[str] | frozenset = frozenset(), line_label: str | None = None) -> Figure:
+    """Per-view values as bars (default: reprojection RMS, px), every view named under its bar.
+
+    A line at ``overall_rms`` (labelled ``line_label``, default "all views");
+    views in ``highlight`` are drawn red (e.g. pairs left out).
+    """
     names = list(per_view_rms)
     vals = np.array([per_view_rms[n] for n in names], float)
     top_v = max([float(vals.max()) if len(vals) else 0.0, overall_rms or 0.0]) * 1.15 or 1.0
@@ -212,21 +217,22 @@ def per_view_bars(per_view_rms: dict[str, float], camera: str, overall_rms: floa
     plot_h = height - top - name_h - 28
     img = np.full((height, left + plot_w + right_pad, 3), 255, np.uint8)
     ax = _Axes(left, top, plot_w, plot_h, (0.0, float(max(1, len(names)))), (0.0, top_v))
-    _, yl = _frame(img, ax, f"{camera}: per-view RMS", "", "RMS (px)", None, ticks)
+    _, yl = _frame(img, ax, title or f"{camera}: per-view RMS", "", y_label, None, ticks)
     bottom = top + plot_h
     for i, (n, v) in enumerate(zip(names, vals)):
         x0 = left + i * plot_w // len(names)
         x1 = left + (i + 1) * plot_w // len(names) - 2
         _, y = ax.px(0, v)
-        cv2.rectangle(img, (x0 + 1, int(y)), (x1, bottom - 1), (200, 130, 50), -1)
+        cv2.rectangle(img, (x0 + 1, int(y)), (x1, bottom - 1), (40, 40, 220) if n in highlight else (200, 130, 50), -1)
         _vertical_text(img, n, ((x0 + x1) // 2, bottom + 6 + name_h // 2 - 4), 0.35)
     if overall_rms:
         _, y = ax.px(0, overall_rms)
         cv2.line(img, (left, int(y)), (left + plot_w, int(y)), RMS_RING, 1)
-        _text(img, f"line: all views, {overall_rms:.3f} px", (left + plot_w, top - 12), color=RMS_RING, anchor="right")
+        _text(img, line_label or f"line: all views, {overall_rms:.3f} px", (left + plot_w, top - 12), color=RMS_RING,
+              anchor="right")
     _text(img, "view", (left + plot_w // 2, height - 10), anchor="center")
-    return Figure(img, f"{camera}: per-view reprojection RMS", "view", "RMS (px)", tuple(names), tuple(yl),
-                  marks={"overall_rms_px": float(overall_rms or 0.0)})
+    return Figure(img, title or f"{camera}: per-view reprojection RMS", "view", y_label, tuple(names), tuple(yl),
+                  marks={"overall_rms_px": float(overall_rms or 0.0), "highlighted": len(highlight)})
 
 
 def _colorbar(img: np.ndarray, x: int, top: int, height: int, vmax: float, label: str,

@@ -45,7 +45,7 @@ def detection_sheet(run, camera: str, max_views: int = 24, width: int = 320) -> 
     if src is None:
         return None
     tiles = []
-    for rec in run.records.get(camera, [])[:max_views]:
+    for rec in [r for r in run.records.get(camera, []) if r.status != "unreadable"][:max_views]:
         img = src.load(rec.view, camera)
         if img is None:
             continue
@@ -167,22 +167,24 @@ def write_ply(run, cal, path: Path) -> Path | None:
             lines.append([base + a, base + b])
             colors.append(color)
 
+    ref = "visible" if "visible" in run.intrinsics else next(iter(run.intrinsics), None)
+    # The frame: the visible camera's (the rig's); with one camera calibrated alone, that camera's.
     if "visible" in cal.cameras:
         c = cal.cameras["visible"]
         frustum(c.K, c.image_size, np.eye(3), np.zeros(3), 0.3, [0.1, 0.6, 0.1])
-    if "lwir" in cal.cameras and cal.extrinsics is not None:
+    if "lwir" in cal.cameras and cal.extrinsics is not None and "visible" in cal.cameras:
         c = cal.cameras["lwir"]
         frustum(c.K, c.image_size, cal.extrinsics.R, np.ravel(cal.extrinsics.t), 0.3, [0.8, 0.2, 0.1])
-    ls = o3d.geometry.LineSet(o3d.utility.Vector3dVector(np.array(pts)), o3d.utility.Vector2iVector(np.array(lines)))
-    ls.colors = o3d.utility.Vector3dVector(np.array(colors))
+    elif "lwir" in cal.cameras and "visible" not in cal.cameras:
+        c = cal.cameras["lwir"]
+        frustum(c.K, c.image_size, np.eye(3), np.zeros(3), 0.3, [0.8, 0.2, 0.1])
     board_pts = []
-    ref = "visible" if "visible" in run.intrinsics else next(iter(run.intrinsics), None)
     if ref is not None:
         res = run.intrinsics[ref]
         obj = run.board.object_points()
         for name, (R, t) in res.poses.items():
             P = obj @ R.T + t
-            if ref == "lwir" and cal.extrinsics is not None:
+            if ref == "lwir" and cal.extrinsics is not None and "visible" in cal.cameras:
                 P = P @ cal.extrinsics.R.T + np.ravel(cal.extrinsics.t)
             board_pts.append(P)
     pc = o3d.geometry.PointCloud()
@@ -192,8 +194,67 @@ def write_ply(run, cal, path: Path) -> Path | None:
                                                      [np.tile([0.1, 0.3, 0.9], (len(b), 1)) for b in board_pts]))
     # PLY holds one geometry: write the points (frusta apexes/corners + board corners), and the line set beside it.
     o3d.io.write_point_cloud(str(path), pc, write_ascii=True)
-    o3d.io.write_line_set(str(path.with_name(path.stem + "_frusta.ply")), ls, write_ascii=True)
+    if lines:  # open3d raises an empty RuntimeError on an empty line set
+        ls = o3d.geometry.LineSet(o3d.utility.Vector3dVector(np.array(pts)), o3d.utility.Vector2iVector(np.array(lines)))
+        ls.colors = o3d.utility.Vector3dVector(np.array(colors))
+        o3d.io.write_line_set(str(path.with_name(path.stem + "_frusta.ply")), ls, write_ascii=True)
     return path
+
+
+def _pm(value: float, sigma, nd: int = 2) -> str:
+    """``value +/- sigma``; a sigma of 0 means the term was held fixed."""
+    if sigma is None or (isinstance(sigma, float) and not math.isfinite(sigma)):
+        return f"{value:.{nd}f}"
+    if sigma == 0:
+        return f"{value:.{nd}f} (fixed)"
+    return f"{value:.{nd}f} &plusmn; {sigma:.{nd}f}"
+
+
+def intrinsics_table(run) -> str:
+    """Per camera: parameters with their sigma, and the own-fit and joint RMS side by side (one number, one meaning)."""
+    rows = ["<h2>Intrinsics</h2><p>RMS on each camera's own views: <i>own fit</i> is the camera calibrated alone, "
+            "<i>joint</i> the joint solve of both cameras (stored unless the guard kept the own fit).</p>"
+            "<table><tr><th>camera</th><th>model</th><th>fx</th><th>fy</th><th>cx</th><th>cy</th><th>distortion "
+            "(&plusmn; &sigma;)</th><th>RMS own fit px</th><th>RMS joint px</th><th>kept</th><th>views</th></tr>"]
+    checks = (run.bundle or {}).get("checks") or {}
+    names = ("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")
+    for cam, r in run.intrinsics.items():
+        s = r.std or {}
+        own = run.own_fit.get(cam, r)
+        chk = checks.get(cam)
+        sd = list(s.get("dist") or []) + [None] * len(r.dist)
+        dist = ", ".join(f"{n} {_pm(float(v), sd[i], 4)}" for i, (n, v) in enumerate(zip(names, r.dist)))
+        joint = _fmt(chk["joint_rms_px"]) if chk else ("-" if cam not in run.own_fit else _fmt(r.rms_px))
+        kept = html.escape(chk["kept"] + (f": {chk['reason']}" if chk["reason"] else "")) if chk else "own fit"
+        rows.append(f"<tr><td>{cam}</td><td>{r.model}</td>" + "".join(
+            f"<td>{_pm(float(r.K[i, j]), s.get(k))}</td>" for (i, j), k in (((0, 0), 'fx'), ((1, 1), 'fy'), ((0, 2), 'cx'), ((1, 2), 'cy')))
+            + f"<td>{dist}</td><td>{_fmt(own.rms_px)}</td><td>{joint}</td><td>{kept}</td><td>{len(r.views)}</td></tr>")
+    rows.append("</table>")
+    for cam, r in run.own_fit.items() or run.intrinsics.items():
+        if r.fixed:
+            rows.append(f"<p class='note'>{html.escape(r.observability_note())}</p>")
+    return "".join(rows)
+
+
+def consistency_section(run) -> str:
+    """Which pairs agree with the rig's one relative pose, and the ones left out (deviation in deg and mm)."""
+    c = run.consistency
+    used = len(run.stereo.views) if run.stereo is not None else 0
+    if c.mahalanobis_threshold is not None:
+        rule = (f"Mahalanobis distance (each pair's deviation weighed by its pose uncertainty) above "
+                f"{c.mahalanobis_threshold:.2f} (median + {c.k:g} MAD) and beyond {c.rotation_threshold_deg:g} deg or "
+                f"{c.translation_threshold_mm:g} mm")
+    elif c.checked:
+        rule = f"beyond {c.rotation_threshold_deg:.3f} deg or {c.translation_threshold_mm:.2f} mm (median + {c.k:g} MAD, floored)"
+    else:
+        rule = "not checked (too few pairs)"
+    out = [f"<h2>Pair consistency</h2><p>{len(c.pairs)} pairs; {used} used for the extrinsics. A pair is left out when "
+           f"its relative pose (from its two board poses) deviates from the robust rig estimate: {html.escape(rule)}.</p>"]
+    if c.inconsistent:
+        out.append("<table><tr><th>pair left out</th><th>rotation deg</th><th>translation mm</th><th>Mahalanobis</th></tr>"
+                   + "".join(f"<tr><td>{html.escape(p.view)}</td><td>{p.rotation_deg:.3f}</td><td>{p.translation_mm:.2f}</td>"
+                             f"<td>{_fmt(p.mahalanobis, 1)}</td></tr>" for p in c.inconsistent) + "</table>")
+    return "".join(out)
 
 
 def _fmt(x, nd=3):
@@ -217,7 +278,8 @@ def write_report(run, cal, folder: str | Path, error: str | None = None) -> Path
         parts.append(f"<p class='err'>Calibration stopped: {html.escape(error)}</p><p>Partial report: what was found before it stopped.</p>")
     b = run.board
     parts.append(f"<p>Board: {html.escape(b.name or str(b.source))} ({b.cols}x{b.rows} {b.type}, {b.spacing * 1000:g} mm). "
-                 f"Source: {html.escape(run.source.description if run.source else 'points')}</p>")
+                 f"Source ({html.escape(run.source.kind_label if run.source else 'board points')}): "
+                 f"{html.escape(run.source.description if run.source else 'board points given directly')}</p>")
 
     def img(name, image, caption, alt=None):
         if image is None:
@@ -244,22 +306,24 @@ def write_report(run, cal, folder: str | Path, error: str | None = None) -> Path
         img(f"detections_{cam}.png", detection_sheet(run, cam), f"{cam}: detections (first views)")
     # Intrinsics.
     if run.intrinsics:
-        parts.append("<h2>Intrinsics</h2><table><tr><th>camera</th><th>model</th><th>fx</th><th>fy</th><th>cx</th><th>cy</th>"
-                     "<th>dist</th><th>RMS px</th><th>views</th></tr>")
+        parts.append(intrinsics_table(run))
         for cam, r in run.intrinsics.items():
-            s = r.std or {}
-            parts.append(f"<tr><td>{cam}</td><td>{r.model}</td>" + "".join(
-                f"<td>{r.K[i, j]:.2f} &plusmn; {_fmt(s.get(k), 2)}</td>" for (i, j), k in (((0, 0), 'fx'), ((1, 1), 'fy'), ((0, 2), 'cx'), ((1, 2), 'cy')))
-                + f"<td>{' '.join(f'{x:.4f}' for x in r.dist)}</td><td>{_fmt(r.rms_px)}</td><td>{len(r.views)}</td></tr>")
-        parts.append("</table>")
-        for cam, r in run.intrinsics.items():
+            own = run.own_fit.get(cam)
             if r.residuals:
                 allr = np.concatenate(list(r.residuals.values()))
+                what = "joint solution" if own is not None else "own fit"
                 fig(f"residuals_{cam}.png", plots.residual_scatter(allr, r.rms_px, cam),
-                    f"{cam}: reprojection residuals of {len(allr)} corners (observed - projected); rings at the RMS "
-                    f"({r.rms_px:.3f} px) and 3xRMS ({3 * r.rms_px:.3f} px)")
-                fig(f"per_view_{cam}.png", plots.per_view_bars(r.per_view_rms, cam, r.rms_px),
-                    f"{cam}: per-view reprojection RMS (px); the line is the RMS over all views")
+                    f"{cam}: reprojection residuals of {len(allr)} corners, {what} (observed - projected); rings at the "
+                    f"RMS ({r.rms_px:.3f} px) and 3xRMS ({3 * r.rms_px:.3f} px)")
+            if own is not None and own.per_view_rms:
+                fig(f"per_view_{cam}_own.png", plots.per_view_bars(own.per_view_rms, cam, own.rms_px,
+                                                                    title=f"{cam}: per-view RMS, own fit"),
+                    f"{cam}: per-view reprojection RMS (px) of its own fit (this camera alone); line: {own.rms_px:.3f} px")
+            if r.per_view_rms:
+                label = "joint solution" if own is not None else "own fit"
+                fig(f"per_view_{cam}.png", plots.per_view_bars(r.per_view_rms, cam, r.rms_px,
+                                                                title=f"{cam}: per-view RMS, {label}"),
+                    f"{cam}: per-view reprojection RMS (px), {label}, the one stored; line: all views, {r.rms_px:.3f} px")
             if cam in run.coverage:
                 cov = run.coverage[cam]
                 fig(f"coverage_{cam}.png", plots.coverage_map(cov.heat, cov.image_size, cam),
@@ -278,16 +342,29 @@ def write_report(run, cal, folder: str | Path, error: str | None = None) -> Path
                      f"t {(s.t * 1000).round(2).tolist()} mm &plusmn; {(s.std_translation_m * 1000).round(2).tolist()} mm; "
                      f"baseline {s.baseline_m * 1000:.1f} mm; stereo RMS {s.rms_px:.3f} px; {len(s.views)} joint views</p>"
                      f"<p>epipolar error: visible {s.epipolar_px['visible']['mean']:.3f} px mean, lwir {s.epipolar_px['lwir']['mean']:.3f} px mean</p>")
+    if run.consistency is not None:
+        parts.append(consistency_section(run))
+        c = run.consistency
+        stat = {p.view: (p.mahalanobis if c.mahalanobis_threshold is not None else p.rotation_deg) for p in c.pairs}
+        thr = c.mahalanobis_threshold if c.mahalanobis_threshold is not None else c.rotation_threshold_deg
+        unit = "Mahalanobis distance" if c.mahalanobis_threshold is not None else "rotation deviation (deg)"
+        fig("pair_consistency.png",
+            plots.per_view_bars(stat, "pairs", thr if np.isfinite(thr) else None, title="pair consistency",
+                                y_label=unit, highlight={p.view for p in c.inconsistent},
+                                line_label=f"line: limit {thr:.2f}" if np.isfinite(thr) else None),
+            f"Per pair: its relative pose's deviation from the robust rig estimate ({unit}); red: left out of the "
+            "extrinsics.")
     if run.homography is not None:
         h = run.homography
         ho = run.held_out
-        parts.append(f"<h2>Homography LWIR &rarr; visible (undistorted pixels)</h2><p>stored: <b>{h.method}</b>, working plane "
-                     f"{h.plane_distance_m:g} m ({h.plane_source})</p><table><tr><th>held-out boards</th><th>mean px</th><th>RMS px</th>"
+        where = ("fitted to the board corners (RANSAC): no plane distance" if h.method == "ransac"
+                 else f"working plane {h.plane_distance_m:g} m ({h.plane_source})")
+        parts.append(f"<h2>Homography LWIR &rarr; visible (undistorted pixels)</h2><p>stored: <b>{h.method}</b>, {where}</p><table><tr><th>held-out boards</th><th>mean px</th><th>RMS px</th>"
                      f"<th>mean px at output</th></tr>")
         for k in ("plane", "ransac"):
             parts.append(f"<tr><td>{k}</td><td>{ho[k]['mean_px']:.2f}</td><td>{ho[k]['rms_px']:.2f}</td><td>{ho[k]['mean_out_px']:.2f}</td></tr>")
         parts.append(f"</table><p>better on held-out boards: <b>{ho['better']}</b> (boards are near; the plane homography is "
-                     f"exact only at {h.plane_distance_m:g} m)</p>")
+                     f"exact only at the working plane, {run.homography.plane_distance_m:g} m)</p>")
         parts.append("<h3>Parallax: misregistration at the output for objects at distance</h3><table><tr><th>distance</th><th>mean px</th><th>max px</th></tr>")
         for z, e in (run.parallax or {}).items():
             parts.append(f"<tr><td>{'infinity' if math.isinf(z) else f'{z:g} m'}</td><td>{e['mean']:.2f}</td><td>{e['max']:.2f}</td></tr>")
@@ -308,8 +385,8 @@ def write_report(run, cal, folder: str | Path, error: str | None = None) -> Path
         try:
             write_ply(run, cal, folder / "rig.ply")
             parts.append("<p>3D: <code>rig.ply</code> (board corners and frustum corners) and <code>rig_frusta.ply</code> (frusta lines).</p>")
-        except Exception as exc:  # pragma: no cover - open3d I/O problems must not lose the report
-            parts.append(f"<p class='warn'>rig.ply not written: {html.escape(str(exc))}</p>")
+        except Exception as exc:  # open3d I/O problems must not lose the report
+            parts.append(f"<p class='warn'>rig.ply not written: {html.escape(str(exc) or type(exc).__name__)}</p>")
     if run.timings:
         parts.append("<p>time: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.timings.items()) + "</p>")
     parts.append("</body></html>")

@@ -37,6 +37,7 @@ class CameraCalibration:
     std: dict | None = None  # {"fx","fy","cx","cy": px, "dist": [...]}
     views_used: int | None = None
     board: str | None = None
+    fixed: tuple[str, ...] = ()  # distortion terms held at 0 (the views did not determine them)
 
     def camera_model(self):
         """:class:`rig.camera_model.CameraModel` (pinhole only)."""
@@ -59,6 +60,8 @@ class Extrinsics:
     std_translation_m: np.ndarray | None = None
     rms_px: float | None = None
     epipolar_px: dict | None = None
+    inconsistent_pairs: tuple[dict, ...] = ()  # {view, rotation_deg, translation_mm}: left out of the extrinsics
+    consistency: dict | None = None  # {pairs_checked, pairs_used, k_mad, rotation_threshold_deg, translation_threshold_mm}
 
 
 @dataclass(frozen=True)
@@ -137,11 +140,18 @@ def to_dict(cal: Calibration) -> dict:
             entry["views_used"] = int(c.views_used)
         if c.board:
             entry["board"] = c.board
+        if c.fixed:
+            entry["fixed"] = list(c.fixed)
         doc["cameras"][name] = entry
     if (e := cal.extrinsics) is not None:
         doc["extrinsics"] = {"from": e.from_camera, "to": e.to_camera, "R": _m(e.R), "t": _m(np.ravel(e.t)),
                              "std": {"rotation_deg": _fl(e.std_rotation_deg), "translation_m": _fl(e.std_translation_m)},
                              "rms_px": _f(e.rms_px), "epipolar_px": e.epipolar_px}
+        if e.consistency is not None:
+            doc["extrinsics"]["consistency"] = {k: (_f(v) if isinstance(v, float) else v) for k, v in e.consistency.items()}
+            doc["extrinsics"]["inconsistent_pairs"] = [
+                {"view": str(p["view"]), "rotation_deg": _f(p["rotation_deg"]), "translation_mm": _f(p["translation_mm"])}
+                for p in e.inconsistent_pairs]
     if (h := cal.homography) is not None:
         doc["homography"] = {"from": h.from_camera, "to": h.to_camera, "coordinates": "undistorted",
                              "H": _m(h.H), "plane_distance_m": _f(h.plane_distance_m), "method": h.method,
@@ -199,7 +209,7 @@ def load_calibration(path: str | Path) -> Calibration:
     cn = root.req("cameras").mapping()
     for name in cn.data:
         c = cn.child(str(name)).mapping()
-        c.reject_unknown({"model", "image_size", "K", "dist", "rms_px", "std", "views_used", "board"})
+        c.reject_unknown({"model", "image_size", "K", "dist", "rms_px", "std", "views_used", "board", "fixed"})
         model = c.req("model").str(CAMERA_MODELS)
         w, h = c.req("image_size").ints(2, lo=1)
         K = _matrix(c.req("K"), 3, 3)
@@ -210,10 +220,14 @@ def load_calibration(path: str | Path) -> Calibration:
         std = c.child("std").mapping().data if c.has("std") else None
         views = c.child("views_used").int(lo=0) if c.has("views_used") else None
         board = c.child("board").str() if c.has("board") else None
-        cams[str(name)] = CameraCalibration(str(name), model, (w, h), K, dist, rms, std, views, board)
+        fixed = ()
+        if c.has("fixed"):
+            names = ("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")
+            fixed = tuple(it.str(names) for it in c.child("fixed").items())
+        cams[str(name)] = CameraCalibration(str(name), model, (w, h), K, dist, rms, std, views, board, fixed)
     ext = None
     if (e := root.opt("extrinsics")) is not None:
-        e.reject_unknown({"from", "to", "R", "t", "std", "rms_px", "epipolar_px"})
+        e.reject_unknown({"from", "to", "R", "t", "std", "rms_px", "epipolar_px", "consistency", "inconsistent_pairs"})
         fr, to = e.req("from").str(), e.req("to").str()
         for key, cam in (("from", fr), ("to", to)):
             if cam not in cams:
@@ -228,7 +242,8 @@ def load_calibration(path: str | Path) -> Calibration:
                          np.array(std["rotation_deg"], float) if std.get("rotation_deg") else None,
                          np.array(std["translation_m"], float) if std.get("translation_m") else None,
                          e.child("rms_px").float(0.0) if e.has("rms_px") else None,
-                         e.child("epipolar_px").data if e.has("epipolar_px") else None)
+                         e.child("epipolar_px").data if e.has("epipolar_px") else None,
+                         _inconsistent_pairs(e), e.child("consistency").mapping().data if e.has("consistency") else None)
     hom = None
     if (h := root.opt("homography")) is not None:
         h.reject_unknown({"from", "to", "coordinates", "H", "plane_distance_m", "method", "plane_source", "plane_normal",
@@ -266,6 +281,19 @@ def load_calibration(path: str | Path) -> Calibration:
         reg = Registration((ow, oh), tuple(crop))
     prov = root.child("provenance").data if root.has("provenance") else {}
     return Calibration(cams, ext, hom, reg, prov if isinstance(prov, dict) else {}, path)
+
+
+def _inconsistent_pairs(e: Node) -> tuple[dict, ...]:
+    """``extrinsics.inconsistent_pairs``: a list of {view, rotation_deg, translation_mm}."""
+    if not e.has("inconsistent_pairs"):
+        return ()
+    out = []
+    for it in e.child("inconsistent_pairs").items():
+        m = it.mapping()
+        m.reject_unknown({"view", "rotation_deg", "translation_mm"})
+        out.append({"view": m.req("view").str(), "rotation_deg": m.req("rotation_deg").float(0.0),
+                    "translation_mm": m.req("translation_mm").float(0.0)})
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- accumulation

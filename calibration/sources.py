@@ -39,6 +39,13 @@ class ViewSource:
     loader: Callable[[str, str], np.ndarray | None]
     files: dict[tuple[str, str], Path] = field(default_factory=dict)
     truth: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. names without a partner (they still count, alone)
+    rig: str | None = None  # the rig the views were taken with, where the source knows it (session, simulator)
+
+    @property
+    def kind_label(self) -> str:
+        """The real source, for provenance: image folders, a recorded session or the simulator."""
+        return {"images": "image folders", "session": "recorded session", "sim": "simulator"}.get(self.kind, self.kind)
 
     def load(self, view: str, camera: str) -> np.ndarray | None:
         return self.loader(view, camera)
@@ -84,8 +91,9 @@ def read_image(path: Path) -> np.ndarray:
 def folder_source(dirs: dict[str, Path]) -> ViewSource:
     """Views from per-camera image folders, paired by file name (stem).
 
-    With two folders every name must appear in both; the error lists the
-    unmatched names. One folder alone is allowed (intrinsics only).
+    Every image counts: a name in one folder only is that camera's view alone
+    (its intrinsics), and a note on the source lists such names. One folder
+    alone is allowed (intrinsics only).
     """
     listing: dict[str, dict[str, Path]] = {}
     for cam, d in dirs.items():
@@ -99,18 +107,15 @@ def folder_source(dirs: dict[str, Path]) -> ViewSource:
             stems[p.stem] = p
         listing[cam] = stems
     cams = list(dirs)
+    notes = []
     if len(cams) == 2:
         a, b = listing[cams[0]], listing[cams[1]]
         only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
-        if only_a or only_b:
-            parts = []
-            if only_a:
-                parts.append(f"{len(only_a)} {cams[0]} image(s) without a {cams[1]} partner ({_few(only_a)})")
-            if only_b:
-                parts.append(f"{len(only_b)} {cams[1]} image(s) without a {cams[0]} partner ({_few(only_b)})")
-            raise RigError("unmatched pair names: " + "; ".join(parts) + "; pairs are matched by file name",
-                           path=dirs[cams[0]].parent)
-        names = sorted(a)
+        for cam, other, only in ((cams[0], cams[1], only_a), (cams[1], cams[0], only_b)):
+            if only:
+                notes.append(f"{len(only)} {cam} image(s) without a {other} partner ({_few(only)}): used for the "
+                             f"{cam} intrinsics only (pairs are matched by file name)")
+        names = sorted(set(a) | set(b))
     else:
         names = sorted(listing[cams[0]])
     files = {(v, c): listing[c][v] for c in cams for v in names if v in listing[c]}
@@ -119,8 +124,8 @@ def folder_source(dirs: dict[str, Path]) -> ViewSource:
         p = files.get((view, camera))
         return None if p is None else read_image(p)
 
-    desc = ", ".join(f"{c}={dirs[c]}" for c in cams)
-    return ViewSource("images", desc, names, cams, load, files)
+    desc = "image folders: " + ", ".join(f"{c}={dirs[c]}" for c in cams)
+    return ViewSource("images", desc, names, cams, load, files, notes=notes)
 
 
 def _few(names: list[str], n: int = 3) -> str:
@@ -161,7 +166,8 @@ def session_source(path: Path, max_views: int = 60) -> ViewSource:
             return np.array(img)  # raw 16-bit: the thermal path normalises it robustly
         return to_gray8(img, rec.pixel_format)
 
-    return ViewSource("session", str(path), list(recs), cams, load)
+    rig_name = (reader.manifest.get("rig") or {}).get("name") if isinstance(reader.manifest, dict) else None
+    return ViewSource("session", f"recorded session: {path}", list(recs), cams, load, rig=rig_name)
 
 
 # --------------------------------------------------------------------------- simulator
@@ -181,9 +187,9 @@ def _render_view(args) -> tuple[int, dict, dict, float]:
     """Render one view with this process's renderer: ``(index, images, corners, CPU seconds)``."""
     import time
 
-    i, R, t, seed, cameras = args
+    i, R, t, seed, cameras, perturbations = args
     c0 = time.process_time()
-    v = _WORKER_RENDERER.render(R, t, np.random.default_rng(seed), cameras)
+    v = _WORKER_RENDERER.render(R, t, np.random.default_rng(seed), cameras, perturbations)
     return i, v.images, v.corners, time.process_time() - c0
 
 
@@ -218,7 +224,10 @@ def sim_source(rig, board, n_views: int = 40, seed: int = 0, cameras: list[str] 
     if poses is None:
         poses = coverage_pose_plan(rig, board, n_views, seed=seed, cameras=names)
     n_views = len(poses)
-    jobs = [(i, R, t, seed * 1000 + i, names) for i, (R, t) in enumerate(poses)]
+    from rig.sim.views import capture_perturbations
+
+    faults = capture_perturbations(rig, n_views, seed)  # empty dicts unless the rig's sim cameras have faults
+    jobs = [(i, R, t, seed * 1000 + i, names, faults[i]) for i, (R, t) in enumerate(poses)]
     workers = max(1, min(workers or default_render_workers(), n_views))
     images: dict[int, dict] = {}
     corners: dict[int, dict] = {}
@@ -248,11 +257,13 @@ def sim_source(rig, board, n_views: int = 40, seed: int = 0, cameras: list[str] 
     role = {c.name: c.role for c in sim_cams}
     view_names = [f"sim{i:03d}" for i in range(n_views)]
     by_name = {f"sim{i:03d}": {role[n]: img for n, img in images[i].items()} for i in range(n_views)}
-    truth = {f"sim{i:03d}": {"pose": poses[i], "corners": {role[n]: c for n, c in corners[i].items()}} for i in range(n_views)}
+    truth = {f"sim{i:03d}": {"pose": poses[i], "corners": {role[n]: c for n, c in corners[i].items()},
+                             "outlier_deg": max((p.outlier_deg for p in faults[i].values()), default=0.0)}
+             for i in range(n_views)}
 
     def load(view: str, camera: str) -> np.ndarray | None:
         return by_name[view].get(camera)
 
     cams = [role[n] for n in names]
-    return ViewSource("sim", f"simulated rig '{rig.name}', {n_views} views (seed {seed})", view_names, cams, load,
-                      truth=truth)
+    return ViewSource("sim", f"simulator: rig '{rig.name}', {n_views} views (seed {seed})", view_names, cams, load,
+                      truth=truth, rig=rig.name)

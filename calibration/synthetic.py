@@ -16,19 +16,30 @@ from rig.rigconfig import RigConfig
 
 def synthetic_run(rig: RigConfig, board: Board, plan: list[tuple[np.ndarray, np.ndarray]], cameras: list[str],
                   rng: np.random.Generator, sigma_px: float = 0.2, prefix: str = "v",
-                  run: CalibrationRun | None = None) -> CalibrationRun:
-    """Add the views of ``plan`` (board poses in the rig frame) seen by ``cameras`` to ``run``."""
-    from rig.sim import camera_model, pose_in_camera
+                  run: CalibrationRun | None = None, faults_seed: int | None = None) -> CalibrationRun:
+    """Add the views of ``plan`` (board poses in the rig frame) seen by ``cameras`` to ``run``.
+
+    ``faults_seed``: apply the rig's per-capture faults (``sim.faults``: jitter,
+    outlier pairs, trigger offset; :func:`rig.sim.views.capture_perturbations`)
+    drawn from this seed; the names of the outlier captures go into
+    ``run.truth["outliers"]`` (view name -> degrees).
+    """
+    from rig.sim.views import camera_model, capture_perturbations, pose_in_camera
 
     run = run or CalibrationRun(board)
     obj = board.object_points()
+    faults = capture_perturbations(rig, len(plan), faults_seed) if faults_seed is not None else [{} for _ in plan]
+    outliers = run.truth.setdefault("outliers", {})
+    for i, f in enumerate(faults):
+        if any(p.outlier_deg for p in f.values()):
+            outliers[f"{prefix}{i:02d}"] = max(p.outlier_deg for p in f.values())
     for c in cameras:
         spec = rig.camera(c)
         model = camera_model(spec)
         run.points.setdefault(c, {})
         run.image_sizes[c] = model.size
         for i, (R, t) in enumerate(plan):
-            Rc, tc = pose_in_camera(spec, R, t)
+            Rc, tc = pose_in_camera(spec, R, t, faults[i].get(c), board.center())
             px = model.project(obj @ Rc.T + tc) + rng.normal(0, sigma_px, (len(obj), 2))
             name = f"{prefix}{i:02d}"
             run.points[c][name] = ViewPoints(name, px, obj, np.arange(len(obj)))
@@ -36,7 +47,10 @@ def synthetic_run(rig: RigConfig, board: Board, plan: list[tuple[np.ndarray, np.
 
 
 def synthetic_single_run(rig: RigConfig, board: Board, views: int, seed: int, sigma_px: float = 0.2) -> CalibrationRun:
-    """What one ``rig calibrate`` run sees on the sim: coverage views for each camera plus simultaneous views."""
+    """What one ``rig calibrate`` run sees on the sim: coverage views for each camera plus simultaneous views.
+
+    The simultaneous views carry the rig's faults (``sim.faults``), if it has any.
+    """
     from rig.sim import coverage_pose_plan
     from rig.sim import board_pose_plan
 
@@ -46,5 +60,6 @@ def synthetic_single_run(rig: RigConfig, board: Board, views: int, seed: int, si
                   sigma_px, "v", run)
     synthetic_run(rig, board, coverage_pose_plan(rig, board, views, seed=seed, cameras=["lwir"]), ["lwir"], rng,
                   sigma_px, "l", run)
-    synthetic_run(rig, board, board_pose_plan(rig, board, views, seed=seed), ["visible", "lwir"], rng, sigma_px, "j", run)
+    synthetic_run(rig, board, board_pose_plan(rig, board, views, seed=seed), ["visible", "lwir"], rng, sigma_px, "j", run,
+                  faults_seed=seed)
     return run

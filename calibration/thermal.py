@@ -68,10 +68,18 @@ def to8(image: np.ndarray) -> np.ndarray:
     return stretch(img)
 
 
+def saturation(image: np.ndarray) -> np.ndarray:
+    """HSV saturation of an 8-bit RGB image, contrast-stretched to 8 bits."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(np.asarray(image)[..., :3]), cv2.COLOR_RGB2HSV)
+    return stretch(hsv[..., 1].astype(np.float32))
+
+
 def variants(image: np.ndarray, thermal: bool) -> Iterator[tuple[str, np.ndarray]]:
     """Preprocessed 8-bit versions of ``image`` to try in order: ``(name, gray8)``.
 
-    Visible images get the plain conversion, then CLAHE. Thermal images (or any
+    Visible images get the plain conversion, then CLAHE, then (colour images)
+    the HSV saturation channel: a coloured board on a grey or metallic ground
+    (red squares on foil) has its contrast in chroma, not in brightness. Thermal images (or any
     16-bit image) get: robust percentiles; flat-field + destripe + Gaussian
     denoise; the same with CLAHE; flat-field without denoise. Generated lazily,
     so a board found in the first variant costs nothing more.
@@ -79,6 +87,8 @@ def variants(image: np.ndarray, thermal: bool) -> Iterator[tuple[str, np.ndarray
     yield "plain", to8(image)
     if not thermal and np.asarray(image).dtype == np.uint8:
         yield "clahe", cv2.createCLAHE(2.0, (8, 8)).apply(to8(image))
+        if np.asarray(image).ndim == 3 and np.asarray(image).shape[2] >= 3:
+            yield "saturation", saturation(image)
         return
     flat = flatten(image, 15.0)
     den = stretch(cv2.GaussianBlur(flat, (0, 0), 1.5))

@@ -43,6 +43,7 @@ class CalibrateRequest:
     render_workers: int | None = None
     out: Path | None = None
     report: bool = True
+    rig_given: bool = True  # False: the rig is the default (sim), not named by the user: not recorded for image folders
 
     def inputs(self) -> list[Path]:
         """The folders the user's images are read from (never written)."""
@@ -143,7 +144,7 @@ def calibrate(req: CalibrateRequest, progress: pl.Progress | None = None) -> Cal
     run.timings["total_s"] = time.perf_counter() - t_start
     if "render_s" in run.timings:  # what calibrating costs on recorded images: everything but the simulator
         run.timings["total_without_render_s"] = run.timings["total_s"] - run.timings["render_s"]
-    cal = results.merge(existing, pl.build_calibration(run), pl.run_record(run, req.rig.name))
+    cal = results.merge(existing, pl.build_calibration(run), pl.run_record(run, req.rig.name if req.rig_given else None))
     results.save_calibration(cal, paths.calibration)
     exports = write_exports(cal, paths.folder)
     report = None

@@ -76,6 +76,34 @@ class ThermalSpec:
 
 
 @dataclass(frozen=True)
+class SimFaults:
+    """What makes a simulated camera of a real rig imperfect, capture by capture (all default to none).
+
+    Relative to the rig frame, per simultaneous capture: ``jitter_rotation_deg``
+    / ``jitter_translation_m`` (1-sigma per axis) of the camera's pose (a rig
+    that is not perfectly rigid); a fraction ``outlier_fraction`` of the
+    captures (every ``1/fraction``-th, at a seeded offset) rotated about the
+    camera centre by ``outlier_rotation_deg`` (a range: the rig flexed, or the
+    trigger missed); and a trigger offset ``trigger_offset_s`` while the board
+    moves at ``board_speed_mps`` and turns at ``board_rotation_dps`` (hand-held):
+    this camera sees the board where it was ``trigger_offset_s`` later.
+    """
+
+    jitter_rotation_deg: float = 0.0
+    jitter_translation_m: float = 0.0
+    outlier_fraction: float = 0.0
+    outlier_rotation_deg: tuple[float, float] = (0.3, 1.5)
+    trigger_offset_s: float = 0.0
+    board_speed_mps: float = 0.0
+    board_rotation_dps: float = 0.0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.jitter_rotation_deg or self.jitter_translation_m or self.outlier_fraction
+                    or (self.trigger_offset_s and (self.board_speed_mps or self.board_rotation_dps)))
+
+
+@dataclass(frozen=True)
 class SimCameraSpec:
     """Ground truth of a simulated camera."""
 
@@ -85,6 +113,7 @@ class SimCameraSpec:
     t: np.ndarray  # (3,), rig -> camera, metres
     noise_std: float = 1.5  # visible: exposure noise in 8-bit levels
     thermal: ThermalSpec = field(default_factory=ThermalSpec)
+    faults: SimFaults = field(default_factory=SimFaults)
 
 
 @dataclass(frozen=True)
@@ -257,7 +286,7 @@ def _parse_camera(node: Node) -> CameraSpec:
 
 
 def _parse_sim(node: Node, role: str) -> SimCameraSpec:
-    node.reject_unknown({"intrinsics", "distortion", "pose", "noise_std", "thermal"})
+    node.reject_unknown({"intrinsics", "distortion", "pose", "noise_std", "thermal", "faults"})
     intr = node.req("intrinsics")
     intr.reject_unknown({"fx", "fy", "cx", "cy"})
     fx, fy = intr.req("fx").float(0.0, open_lo=True), intr.req("fy").float(0.0, open_lo=True)
@@ -280,4 +309,22 @@ def _parse_sim(node: Node, role: str) -> SimCameraSpec:
         allowed = ThermalSpec.__dataclass_fields__.keys()
         th.reject_unknown(allowed)
         thermal = ThermalSpec(**{k: th.child(k).float(0.0) for k in allowed if th.has(k)})
-    return SimCameraSpec(K, dist, R, t, noise, thermal)
+    faults = _parse_faults(node.opt("faults"))
+    return SimCameraSpec(K, dist, R, t, noise, thermal, faults)
+
+
+def _parse_faults(node: Node | None) -> SimFaults:
+    """The optional ``sim.faults`` section (see :class:`SimFaults`); every key optional."""
+    if node is None:
+        return SimFaults()
+    allowed = set(SimFaults.__dataclass_fields__)
+    node.reject_unknown(allowed)
+    kw: dict = {k: node.child(k).float(0.0) for k in allowed - {"outlier_rotation_deg"} if node.has(k)}
+    if "outlier_fraction" in kw and kw["outlier_fraction"] > 1.0:
+        raise node.error(f"must be a fraction in [0, 1], got {kw['outlier_fraction']:g}", "outlier_fraction")
+    if node.has("outlier_rotation_deg"):
+        lo, hi = node.child("outlier_rotation_deg").floats(2)
+        if not 0.0 <= lo <= hi:
+            raise node.error(f"expected [min, max] with 0 <= min <= max, got [{lo:g}, {hi:g}]", "outlier_rotation_deg")
+        kw["outlier_rotation_deg"] = (lo, hi)
+    return SimFaults(**kw)

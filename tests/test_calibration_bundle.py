@@ -122,3 +122,25 @@ def test_bundle_adjustment_matches_scipy_least_squares(problem):
     idx = [0, 1, 2, 3, 9, 10, 11, 12]
     np.testing.assert_array_less(np.abs(ref.x[idx] - truth[idx]), 4 * std[idx])
     assert np.abs(ref.x[[0, 1, 9, 10]] / truth[[0, 1, 9, 10]] - 1).max() < 0.01
+
+
+def test_huber_loss_bounds_bad_corners(problem):
+    """A few corners 8 px off: least squares follows them, the Huber loss (issue 10) barely moves."""
+    import dataclasses
+
+    n, obs, res, (R0, t0), truth = problem
+    lw = res["lwir"]
+    views = list(lw.views)
+    bad = views[0].image_points.copy()
+    bad[:4] += 8.0
+    views[0] = ViewPoints(views[0].name, bad, views[0].object_points, views[0].ids)
+    lw_bad = dataclasses.replace(lw, views=views)
+    errs = {}
+    for loss in ("linear", "huber"):
+        j = bundle_adjust(res["visible"], lw_bad, R0, t0, loss=loss, huber_px={"visible": 0.25, "lwir": 0.25})
+        errs[loss] = abs(j.K["lwir"][0, 2] - K_L[0, 2]) + abs(j.K["lwir"][1, 2] - K_L[1, 2])
+        if loss == "huber":
+            assert 0 < j.downweighted < 0.1 and j.loss == "huber"
+    assert errs["huber"] < 0.5 * errs["linear"], errs
+    with pytest.raises(ValueError, match="unknown loss"):
+        bundle_adjust(res["visible"], lw, R0, t0, loss="cauchy")

@@ -158,11 +158,23 @@ def test_mixed_sizes(tmp_path, capsys):
     _bad(tmp_path, capsys, ["--images", f"visible={dirs['visible']}"], "mixed image sizes for visible: 'view03' is 320x240")
 
 
-def test_unmatched_pairs(tmp_path, capsys):
-    dirs = make_folders(tmp_path / "in", n=3)
+def test_unpartnered_views_count(tmp_path, capsys):
+    """Issue 10: names without a partner are a note, and those views go into that camera's intrinsics."""
+    dirs = make_folders(tmp_path / "in", n=8)
     (dirs["lwir"] / "view01.png").rename(dirs["lwir"] / "other.png")
-    _bad(tmp_path, capsys, ["--images", f"visible={dirs['visible']}", "--images", f"lwir={dirs['lwir']}"],
-         "unmatched pair names: 1 visible image(s) without a lwir partner (view01)")
+    out = tmp_path / "out"
+    code, err = _run(["calibrate", "--board", "ir_board", "--images", f"visible={dirs['visible']}", "--images",
+                      f"lwir={dirs['lwir']}", "--out", str(out)], capsys)
+    assert code == 0, err
+    text = " ".join(err.split())
+    assert "note: 1 visible image(s) without a lwir partner (view01): used for the visible intrinsics only" in text
+    assert "1 lwir image(s) without a visible partner (other)" in text
+    cal = load_calibration(out / "calibration.yaml")
+    assert cal.cameras["visible"].views_used == 8 and cal.cameras["lwir"].views_used == 8  # every view counts
+    assert cal.extrinsics is not None
+    run = cal.provenance["runs"][-1]
+    assert run["joint_views"] + len(run["inconsistent_pairs"]) == 7  # the 7 names in both folders are the pairs
+    assert "without a lwir partner" in (out / "report.html").read_text()
 
 
 def test_wrong_board_file(tmp_path, capsys, write_yaml):
@@ -173,10 +185,57 @@ def test_wrong_board_file(tmp_path, capsys, write_yaml):
     assert code == 2 and "a 9x6 chessboard is visible, but the board file says 10x6" in err
 
 
-def test_unreadable_image(tmp_path, capsys):
-    dirs = make_folders(tmp_path / "in", n=3, cams=("visible",))
+def test_unreadable_image_is_skipped(tmp_path, capsys):
+    """One unreadable image among good ones: skipped with a warning naming it, not an abort."""
+    dirs = make_folders(tmp_path / "in", n=6, cams=("visible",))
     (dirs["visible"] / "view01.png").write_bytes(b"not a png")
-    _bad(tmp_path, capsys, ["--images", f"visible={dirs['visible']}"], "view01.png: unreadable image")
+    code, err = _run(["calibrate", "--board", "ir_board", "--images", f"visible={dirs['visible']}",
+                      "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    assert "warning: visible: view01.png: unreadable image" in " ".join(err.split())
+    assert load_calibration(tmp_path / "out" / "calibration.yaml").cameras["visible"].views_used == 5
+
+
+def test_all_images_unreadable(tmp_path, capsys):
+    dirs = make_folders(tmp_path / "in", n=2, cams=("visible",))
+    for p in dirs["visible"].iterdir():
+        p.write_bytes(b"not a png")
+    _bad(tmp_path, capsys, ["--images", f"visible={dirs['visible']}"], "no readable image: unreadable image")
+
+
+def test_provenance_names_the_real_source(tmp_path, capsys):
+    """Issue 10 bug: an image-folder calibration recorded 'rig: sim' (the default rig, never named)."""
+    dirs = make_folders(tmp_path / "in", n=5, cams=("visible",))
+    code, err = _run(["calibrate", "--board", "ir_board", "--images", f"visible={dirs['visible']}",
+                      "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    run = load_calibration(tmp_path / "out" / "calibration.yaml").provenance["runs"][-1]
+    assert "rig" not in run and run["source_kind"] == "image folders"
+    assert run["source"].startswith("image folders: visible=")
+    assert "Source (image folders)" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_ransac_homography_has_no_plane_distance(tmp_path, capsys):
+    """Issue 10 bug: '--homography best' printed 'stored ransac at 15 m'."""
+    dirs = make_folders(tmp_path / "in")
+    code, err = _run(["calibrate", "--board", "ir_board", "--images", f"visible={dirs['visible']}", "--images",
+                      f"lwir={dirs['lwir']}", "--homography", "ransac", "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    text = " ".join(err.split())
+    assert "stored ransac (fitted to the board corners: no plane distance)" in text
+    assert "ransac at" not in text
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "fitted to the board corners (RANSAC): no plane distance" in html
+
+
+def test_lwir_only_report_writes_rig_ply(tmp_path, capsys):
+    """Issue 10 bug: an LWIR-only run printed 'rig.ply not written: ' (open3d's empty RuntimeError)."""
+    dirs = make_folders(tmp_path / "in", n=5, cams=("lwir",))
+    code, err = _run(["calibrate", "--board", "ir_board", "--images", f"lwir={dirs['lwir']}",
+                      "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    assert "rig.ply not written" not in (tmp_path / "out" / "report.html").read_text()
+    assert (tmp_path / "out" / "rig.ply").is_file() and (tmp_path / "out" / "rig_frusta.ply").is_file()
 
 
 def test_session_input(tmp_path, capsys, sim_rig):

@@ -25,9 +25,84 @@ def camera_model(spec: CameraSpec) -> CameraModel:
     return CameraModel(spec.sim.K, spec.sim.dist, spec.width, spec.height)
 
 
-def pose_in_camera(spec: CameraSpec, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Board pose in a camera's frame, from the board pose in the rig frame."""
-    return spec.sim.R @ R, spec.sim.R @ t + spec.sim.t
+@dataclass(frozen=True)
+class CapturePerturbation:
+    """How one camera's view of one simultaneous capture departs from the rigid, synchronized rig.
+
+    The camera's pose for this capture is ``X_cam = dR (R_c X_rig + t_c) + dt``
+    (jitter and outlier rotation about the camera centre, in the camera frame);
+    the board it sees has moved: ``X_rig' = B_R (X_rig - c) + c + B_t`` about the
+    board centre ``c`` (the trigger offset while the board moves).
+    """
+
+    dR: np.ndarray = field(default_factory=lambda: np.eye(3))
+    dt: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    board_R: np.ndarray = field(default_factory=lambda: np.eye(3))
+    board_t: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    outlier_deg: float = 0.0  # the extra rotation of an outlier pair (0: not an outlier)
+
+
+def _small_rotation(rng: np.random.Generator, sigma_deg: float) -> np.ndarray:
+    return rotation_from_vector_deg(rng.normal(0.0, sigma_deg, 3)) if sigma_deg > 0 else np.eye(3)
+
+
+def _axis_rotation(rng: np.random.Generator, angle_deg: float) -> np.ndarray:
+    axis = rng.normal(size=3)
+    return rotation_from_vector_deg(axis / np.linalg.norm(axis) * angle_deg)
+
+
+def capture_perturbations(rig: RigConfig, n_captures: int, seed: int = 0) -> list[dict[str, CapturePerturbation]]:
+    """Per capture, the perturbation of every camera whose ``sim.faults`` ask for one (see :class:`SimFaults`).
+
+    Outlier captures: ``round(fraction * n)`` of them, evenly spread from a
+    seeded offset, each with an angle drawn uniformly from the range.
+    Deterministic from ``seed``; cameras without faults are left out.
+    """
+    rng = np.random.default_rng([seed, 7919])
+    out: list[dict[str, CapturePerturbation]] = [{} for _ in range(n_captures)]
+    for spec in rig.cameras:
+        f = spec.sim.faults if spec.sim is not None else None
+        if f is None or not f.any:
+            continue
+        n_out = int(round(f.outlier_fraction * n_captures))
+        outliers = set()
+        if n_out:
+            step = n_captures / n_out
+            start = rng.uniform(0, step)
+            outliers = {int(start + k * step) % n_captures for k in range(n_out)}
+        for i in range(n_captures):
+            dR = _small_rotation(rng, f.jitter_rotation_deg)
+            dt = rng.normal(0.0, f.jitter_translation_m, 3) if f.jitter_translation_m > 0 else np.zeros(3)
+            angle = 0.0
+            if i in outliers:
+                angle = float(rng.uniform(*f.outlier_rotation_deg))
+                dR = _axis_rotation(rng, angle) @ dR
+            bR, bt = np.eye(3), np.zeros(3)
+            if f.trigger_offset_s:
+                bR = _axis_rotation(rng, f.board_rotation_dps * f.trigger_offset_s)
+                v = rng.normal(size=3)
+                bt = v / np.linalg.norm(v) * f.board_speed_mps * f.trigger_offset_s
+            out[i][spec.name] = CapturePerturbation(dR, dt, bR, bt, angle)
+    return out
+
+
+def pose_in_camera(spec: CameraSpec, R: np.ndarray, t: np.ndarray,
+                   perturbation: CapturePerturbation | None = None,
+                   board_centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Board pose in a camera's frame, from the board pose in the rig frame.
+
+    ``perturbation``: this capture's departure from the rigid, synchronized rig
+    (``board_centre``, board frame, is what a moving board turns about; default the origin).
+    """
+    if perturbation is None:
+        return spec.sim.R @ R, spec.sim.R @ t + spec.sim.t
+    p = perturbation
+    c = np.zeros(3) if board_centre is None else np.asarray(board_centre, np.float64)
+    centre_rig = R @ c + t
+    R1 = p.board_R @ R  # the board, moved during the trigger offset, about its centre
+    t1 = p.board_R @ (t - centre_rig) + centre_rig + p.board_t
+    Rc, tc = spec.sim.R @ R1, spec.sim.R @ t1 + spec.sim.t
+    return p.dR @ Rc, p.dR @ tc + p.dt
 
 
 @dataclass
@@ -58,8 +133,12 @@ class BoardViewRenderer:
         return self._models[spec.name]
 
     def render(self, R: np.ndarray, t: np.ndarray, rng: np.random.Generator | None,
-               cameras: list[str] | None = None) -> BoardView:
-        """Render the board at rig-frame pose ``(R, t)``; ``rng=None`` gives noise-free images."""
+               cameras: list[str] | None = None,
+               perturbations: dict[str, CapturePerturbation] | None = None) -> BoardView:
+        """Render the board at rig-frame pose ``(R, t)``; ``rng=None`` gives noise-free images.
+
+        ``perturbations``: per camera name, this capture's faults (:func:`capture_perturbations`).
+        """
         if self._renderer is None:
             self._renderer = BoardRenderer(self.board)
         view = BoardView(R, t, {}, {}, {})
@@ -68,7 +147,7 @@ class BoardViewRenderer:
             if cameras is not None and spec.name not in cameras:
                 continue
             model = self.model(spec)
-            Rc, tc = pose_in_camera(spec, R, t)
+            Rc, tc = pose_in_camera(spec, R, t, (perturbations or {}).get(spec.name), self.board.center())
             if spec.role == "lwir":
                 img = render_board_lwir(self._renderer, model, Rc, tc, spec.sim.thermal, rng, self.thermal_look,
                                         fpn_seed=fpn_seed_for(spec.name))

@@ -1,0 +1,265 @@
+"""The joint solve of both cameras: pair consistency -> stereo start -> robust bundle adjustment -> guard.
+
+Input: each camera's own fit (:func:`rig.calibration.intrinsics.calibrate_intrinsics`
+over *all* its views, partnered or not). Then:
+
+1. **Pair consistency** (:mod:`rig.calibration.consistency`): each view both
+   cameras saw gives a relative pose from its two own-fit board poses; pairs
+   off the robust rig estimate are left out of the extrinsics.
+2. **Stereo start**: ``cv2.stereoCalibrate`` (intrinsics fixed) on the consistent pairs.
+3. **Bundle adjustment** (:mod:`rig.calibration.bundle`) over every view of
+   each camera, one board pose per view, the extrinsics coupling only the
+   consistent pairs, distortion terms the own fit could not determine held at
+   0, residuals through a Huber loss at :data:`HUBER_FACTOR` times each
+   camera's corner noise (estimated from its own fit).
+4. **Guard**: the joint solution must not damage a camera. Each camera's RMS
+   on its own views must stay within :data:`RMS_TOLERANCE` of its own fit and
+   each intrinsic within :data:`SIGMA_TOLERANCE` standard errors (the own
+   fit's) of it. A camera that fails keeps its own fit (the solution its own
+   views support), loudly, and the joint solve is repeated with it fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from rig.calibration.bundle import bundle_adjust
+from rig.calibration.consistency import (Consistency, check_pairs, describe, pose_covariance, relative_covariance,
+                                         relative_pose, rotation_l1_mean)
+from rig.calibration.intrinsics import DIST_NAMES, IntrinsicsResult
+from rig.calibration.stereo import StereoResult, _pose, common_points, epipolar_summary, stereo_calibrate
+
+HUBER_FACTOR = 2.45  # x sigma: 95 % of Gaussian 2-D residual norms lie inside (Rayleigh), so the bulk stays quadratic
+RMS_TOLERANCE = 0.20  # joint RMS on a camera's own views at most 20 % above its own fit
+SIGMA_TOLERANCE = 3.0  # each intrinsic within 3 standard errors of its own fit
+# Floors under both limits: a change no detector could measure is not damage. On clean renders the
+# own-fit RMS is ~0.02 px and sigma(fx) ~0.1 px, so +20 % or 3 sigma would flag moves of 0.004 px RMS
+# or 0.3 px of fx (0.02 %, < 0.2 px at the image edge) and keep the weaker own fit, loudly, on a rigid
+# rig. The damage the guard exists for (fx 653 -> 709, RMS 0.5 -> 6.7 px) is far above both floors.
+RMS_FLOOR_PX = 0.05  # an RMS rise below this is within corner-detection noise
+FOCAL_FLOOR = 2e-4  # relative: fx, fy moves below 0.02 % are not counted as sigma-moves
+CENTRE_FLOOR_PX = 0.25  # cx, cy moves below a quarter pixel likewise
+RAYLEIGH_MEDIAN = 1.1774  # median of |r| for a 2-D Gaussian with unit sigma per axis
+PARAM_NAMES = ("fx", "fy", "cx", "cy", *DIST_NAMES[:5])
+
+
+@dataclass(frozen=True)
+class JointOptions:
+    bundle: bool = True
+    loss: str = "huber"  # "huber" | "linear"
+    huber_factor: float = HUBER_FACTOR
+    rms_tolerance: float = RMS_TOLERANCE
+    sigma_tolerance: float = SIGMA_TOLERANCE
+    min_views: int = 3
+    check_pairs: bool = True
+    max_pair_scatter: float = 2.0  # median Mahalanobis distance of the pairs over that of pure noise: a note beyond
+
+
+@dataclass(frozen=True)
+class CameraCheck:
+    """How the joint solve moved one camera relative to its own fit, and which solution is kept."""
+
+    camera: str
+    own_rms_px: float
+    joint_rms_px: float
+    worst_parameter: str
+    worst_sigmas: float  # |joint - own| / sigma_own of the worst parameter
+    kept: str  # "joint" | "own fit"
+    reason: str = ""
+
+    @property
+    def rms_ratio(self) -> float:
+        return self.joint_rms_px / self.own_rms_px if self.own_rms_px > 0 else float("nan")
+
+
+@dataclass
+class JointOutcome:
+    intrinsics: dict[str, IntrinsicsResult]  # as kept: joint (or own fit) values, joint residuals
+    stereo: StereoResult
+    consistency: Consistency | None
+    checks: dict[str, CameraCheck] = field(default_factory=dict)
+    bundle: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def paired_views(vis: IntrinsicsResult, lw: IntrinsicsResult, min_points: int = 6) -> list[str]:
+    """Names of the views both cameras saw with at least ``min_points`` board points in common."""
+    va, la = {v.name: v for v in vis.views}, {v.name: v for v in lw.views}
+    return [n for n in va if n in la and len(common_points(va[n], la[n])[0].ids) >= min_points]
+
+
+def pair_relative_poses(vis: IntrinsicsResult, lw: IntrinsicsResult, names: list[str]) -> dict:
+    """View -> ``(R_i, t_i)`` (``X_visible = R_i X_lwir + t_i``) from each camera's own-fit board pose."""
+    return {n: relative_pose(*vis.poses[n], *lw.poses[n]) for n in names if n in vis.poses and n in lw.poses}
+
+
+def pair_covariances(vis: IntrinsicsResult, lw: IntrinsicsResult, rel: dict) -> dict[str, np.ndarray]:
+    """Per pair, the covariance of its relative pose, from the two board poses' PnP Jacobians (own fits)."""
+    if not rel:
+        return {}
+    R_ref = rotation_l1_mean([r for r, _ in rel.values()])
+    views = {c: {v.name: v for v in r.views} for c, r in (("visible", vis), ("lwir", lw))}
+    sig = {"visible": noise_sigma(vis), "lwir": noise_sigma(lw)}
+    out = {}
+    for n in rel:
+        cv = pose_covariance(views["visible"][n].object_points, *vis.poses[n], vis.K, vis.dist, sig["visible"])
+        cl = pose_covariance(views["lwir"][n].object_points, *lw.poses[n], lw.K, lw.dist, sig["lwir"])
+        out[n] = relative_covariance(vis.poses[n], cv, lw.poses[n], cl, R_ref)
+    return out
+
+
+CHI6_MEDIAN = 2.35  # median of the chi distribution with 6 degrees of freedom (pure-noise Mahalanobis distance)
+
+
+def pair_scatter(cons: Consistency | None) -> float:
+    """Median Mahalanobis distance of the consistent pairs over that of pure measurement noise (1: rigid)."""
+    if cons is None or cons.mahalanobis_threshold is None:
+        return 1.0
+    m = [p.mahalanobis for p in cons.pairs if not p.inconsistent and np.isfinite(p.mahalanobis)]
+    return float(np.median(m) / CHI6_MEDIAN) if m else 1.0
+
+
+def noise_sigma(res: IntrinsicsResult) -> float:
+    """Per-axis corner noise of a camera, robustly from its own-fit residuals (else from its RMS)."""
+    if res.residuals:
+        norms = np.linalg.norm(np.concatenate(list(res.residuals.values())), axis=1)
+        if len(norms):
+            return float(np.median(norms) / RAYLEIGH_MEDIAN)
+    return float(res.rms_px / np.sqrt(2)) if np.isfinite(res.rms_px) else float("inf")
+
+
+def fixed_indices(res: IntrinsicsResult) -> tuple[int, ...]:
+    """Bundle-parameter indices (``fx fy cx cy k1 k2 p1 p2 k3``) of the terms the own fit fixed."""
+    return tuple(4 + DIST_NAMES.index(t) for t in res.fixed if DIST_NAMES.index(t) < 5)
+
+
+def _own_sigma(res: IntrinsicsResult) -> np.ndarray:
+    s = res.std or {}
+    d = list(s.get("dist", [])) + [np.nan] * 5
+    return np.array([s.get("fx", np.nan), s.get("fy", np.nan), s.get("cx", np.nan), s.get("cy", np.nan), *d[:5]], float)
+
+
+def check_camera(own: IntrinsicsResult, K: np.ndarray, dist: np.ndarray, joint_rms: float,
+                 rms_tolerance: float = RMS_TOLERANCE, sigma_tolerance: float = SIGMA_TOLERANCE) -> CameraCheck:
+    """Compare a camera's joint solution to its own fit (see the module docstring, step 4)."""
+    a = np.r_[own.K[0, 0], own.K[1, 1], own.K[0, 2], own.K[1, 2], (list(own.dist) + [0.0] * 5)[:5]]
+    b = np.r_[K[0, 0], K[1, 1], K[0, 2], K[1, 2], (list(np.ravel(dist)) + [0.0] * 5)[:5]]
+    sig = _own_sigma(own)
+    floor = np.r_[FOCAL_FLOOR * a[0], FOCAL_FLOOR * a[1], CENTRE_FLOOR_PX, CENTRE_FLOOR_PX, np.zeros(5)]
+    sig = np.where(np.isfinite(sig), np.maximum(sig, floor), sig)
+    ok = np.isfinite(sig) & (sig > 0)
+    z = np.where(ok, np.abs(b - a) / np.where(ok, sig, 1.0), 0.0)
+    i = int(np.argmax(z))
+    reasons = []
+    if joint_rms > (1 + rms_tolerance) * own.rms_px and joint_rms - own.rms_px > RMS_FLOOR_PX:
+        reasons.append(f"RMS on its own views {own.rms_px:.3f} -> {joint_rms:.3f} px "
+                       f"(+{100 * (joint_rms / own.rms_px - 1):.0f} %, limit +{100 * rms_tolerance:.0f} %)")
+    if z[i] > sigma_tolerance:
+        reasons.append(f"{PARAM_NAMES[i]} {a[i]:.4g} -> {b[i]:.4g} ({z[i]:.1f} sigma, limit {sigma_tolerance:g})")
+    kept = "own fit" if reasons else "joint"
+    return CameraCheck(own.camera, float(own.rms_px), float(joint_rms), PARAM_NAMES[i], float(z[i]), kept,
+                       "; ".join(reasons))
+
+
+def solve_joint(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str],
+                options: JointOptions = JointOptions()) -> JointOutcome:
+    """Steps 1-4 of the module docstring. ``free``: cameras whose intrinsics were fitted in this run.
+
+    The pairs are checked twice: with each camera's own fit, then with the
+    joint intrinsics (board poses by PnP again): own fits from few views bias
+    the poses of views unlike the others (an error in f is one in depth), and a
+    pair can look inconsistent only for that. When the second check leaves out
+    other pairs, the joint solve is repeated with them.
+
+    Raises :class:`~rig.errors.RigError` when too few consistent pairs remain.
+    """
+    out = _solve(vis, lw, free, options)
+    if out.bundle is None or out.consistency is None or not out.consistency.checked:
+        return out
+    names = [p.view for p in out.consistency.pairs]
+    refined = [replace(out.intrinsics[c], poses={**out.intrinsics[c].poses,
+                                                 **{v.name: _pose(v, out.intrinsics[c]) for v in r.views if v.name in names}})
+               for c, r in (("visible", vis), ("lwir", lw))]
+    again = _solve(vis, lw, free, options, check_with=(refined[0], refined[1]))
+    if {p.view for p in again.consistency.inconsistent} != {p.view for p in out.consistency.inconsistent}:
+        return again
+    return out
+
+
+def _solve(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str], options: JointOptions,
+           check_with: tuple[IntrinsicsResult, IntrinsicsResult] | None = None) -> JointOutcome:
+    warnings: list[str] = []
+    notes: list[str] = []
+    names = paired_views(vis, lw)
+    cons = None
+    use = names
+    cv, cl = check_with or (vis, lw)
+    rel = pair_relative_poses(cv, cl, names)
+    if options.check_pairs and rel:
+        cons = check_pairs(rel, covariances=pair_covariances(cv, cl, rel))
+        bad = {p.view for p in cons.inconsistent}
+        use = [n for n in names if n not in bad]
+        warnings.extend(describe(p, cons) for p in cons.inconsistent)
+        if not cons.checked:
+            notes.append(f"pair consistency not checked: {len(rel)} pairs (a median and MAD need at least 6)")
+    vis_views = {v.name: v for v in vis.views if v.name in use}
+    lw_views = {v.name: v for v in lw.views if v.name in use}
+    st = stereo_calibrate(vis, lw, vis_views, lw_views, min_views=options.min_views)
+    out = JointOutcome({"visible": vis, "lwir": lw}, st, cons, warnings=warnings, notes=notes)
+    if not (options.bundle and vis.model == lw.model == "pinhole" and len(vis.dist) <= 5 and len(lw.dist) <= 5):
+        return out
+    own = {"visible": vis, "lwir": lw}
+    huber = {c: options.huber_factor * noise_sigma(r) for c, r in own.items()}
+    fixed = {c: fixed_indices(r) for c, r in own.items()}
+    scatter = pair_scatter(cons)
+    if scatter > options.max_pair_scatter:
+        out.notes.append(f"consistent pairs scatter {scatter:.1f}x beyond their measurement noise (median "
+                         f"Mahalanobis distance {scatter * CHI6_MEDIAN:.1f}; a rigid, synchronized rig gives "
+                         f"{CHI6_MEDIAN:.1f}): the rig flexes, the cameras are not triggered together, or the single-view "
+                         "board poses are less certain than their covariances say; the guard keeps any camera the "
+                         "joint solve would damage")
+    free_now = {c for c in ("visible", "lwir") if c in free}
+    checks: dict[str, CameraCheck] = {}
+    for _ in range(3):
+        j = bundle_adjust(vis, lw, st.R, st.t, free_now, coupled=set(st.views), fixed=fixed, loss=options.loss,
+                          huber_px=huber)
+        failed = []
+        for c in sorted(free_now):
+            checks[c] = check_camera(own[c], j.K[c], j.dist[c], j.rms_px[c], options.rms_tolerance,
+                                     options.sigma_tolerance)
+            if checks[c].kept == "own fit":
+                failed.append(c)
+        if not failed:
+            break
+        free_now -= set(failed)
+    result = {}
+    for c, r in own.items():
+        if c in free_now:
+            s = j.std_intrinsics[c]
+            std = {"fx": float(s[0]), "fy": float(s[1]), "cx": float(s[2]), "cy": float(s[3]),
+                   "dist": [float(x) for x in s[4:4 + len(r.dist)]]}
+            K, dist = j.K[c], j.dist[c][:len(r.dist)]
+        else:
+            std, K, dist = r.std, r.K, r.dist
+        res = j.residuals[c]
+        result[c] = replace(r, K=K, dist=dist, rms_px=j.rms_px[c], std=std, poses={**r.poses, **j.poses[c]},
+                            residuals=res, per_view_rms={n: float(np.sqrt((e ** 2).sum(1).mean())) for n, e in res.items()})
+    for c, chk in checks.items():
+        if chk.kept == "own fit":
+            out.warnings.append(f"JOINT SOLVE REJECTED FOR {c.upper()}: it would have moved the camera away from its own "
+                                f"fit ({chk.reason}); kept the own-fit intrinsics, which its {len(own[c].views)} views "
+                                "support, and re-solved the extrinsics with them fixed")
+    st = replace(st, R=j.R, t=j.t, std_rotation_deg=j.std_rotation_deg, std_translation_m=j.std_translation_m,
+                 rms_px=float(np.sqrt((j.rms_px["visible"] ** 2 + j.rms_px["lwir"] ** 2) / 2)),
+                 epipolar_px=epipolar_summary(result["visible"], result["lwir"], st.pairs, j.R, j.t))
+    out.intrinsics, out.stereo, out.checks = result, st, checks
+    out.bundle = {"views": j.views, "observations": j.observations, "iterations": j.iterations,
+                  "free_intrinsics": sorted(free_now), "rms_px": j.rms_px, "coupled_views": len(j.coupled),
+                  "loss": options.loss, "huber_px": {c: float(v) for c, v in huber.items()},
+                  "downweighted_fraction": j.downweighted,
+                  "kept": {c: chk.kept for c, chk in checks.items()},
+                  "own_fit_rms_px": {c: float(r.rms_px) for c, r in own.items()}}
+    return out
