@@ -21,7 +21,7 @@ import numpy as np
 
 from rig.errors import RigError
 
-MODEL_VERSION = "segmif-cpu-sim-0.1"
+MODEL_VERSION = "segmif-cpu-sim-0.2"
 BUNDLED_WEIGHTS = "segmif_cpu.pt"
 MIN_SIZE = 32
 
@@ -130,7 +130,6 @@ def fuse_and_segment(visible: np.ndarray, lwir: np.ndarray, model=None, *, devic
     """
     import torch
 
-    from rig.model.color import replace_luminance
     from rig.model.segmif import minmax_normalize
 
     if precision not in ("fp32", "bf16"):
@@ -153,7 +152,7 @@ def fuse_and_segment(visible: np.ndarray, lwir: np.ndarray, model=None, *, devic
             out = model(v, t)
             fused_rgb = out.fused_rgb.float()
             if normalize == "minmax":
-                fused_rgb = replace_luminance(v.float(), minmax_normalize(out.fused_y.float()))
+                fused_rgb = model.colour(v.float(), minmax_normalize(out.fused_y.float()))
             fused = (fused_rgb.clamp(0, 1) * 255.0).round().to(torch.uint8)
             fused_out[i:i + batch_size] = fused.permute(0, 2, 3, 1).cpu().numpy()
             labels_out[i:i + batch_size] = out.logits.argmax(dim=1).to(torch.uint8).cpu().numpy()

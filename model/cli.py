@@ -80,6 +80,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained-encoder", default=None, metavar="FILE",
                    help="initialise the encoder from NVlabs SegFormer ImageNet weights (mit_b0.pth ... mit_b5.pth, "
                         "matching the --model size), as the SegFormer and SegMiF authors train")
+    p.add_argument("--class-weights", default="none", choices=("none", "sqrt"),
+                   help="segmentation loss class weights: none, or sqrt(median frequency / frequency) of the "
+                        "labelled pixels (rare classes such as poles, signs, people count more)")
+    p.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
+                   help="random resize range of the augmentation")
+    p.add_argument("--unlabelled-part", default="all", choices=("all", "train", "held-back"),
+                   help="which part of each --unlabelled set to use: all pairs, or the train / held-back part "
+                        "of the deterministic split (sorted names; every third pair, from the third, is held back)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--export", default=None, metavar="PATH",
                    help="also write the final weights (no training state) here")
@@ -103,6 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="first seed of the held-out simulator scenes")
     e.add_argument("--sim-cache", default=None, metavar="DIR",
                    help="where to render simulator scenes (default: a temporary folder)")
+    e.add_argument("--part", default="all", choices=("all", "train", "held-back"),
+                   help="evaluate all pairs, or the train / held-back part of the deterministic split "
+                        "(sorted names; every third pair, from the third, is held back: RoadScene 100 / 50)")
     e.add_argument("--limit", type=int, default=0, metavar="N", help="evaluate at most N pairs; 0: all")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     e.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="fp32, or bf16 autocast")
@@ -150,6 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
         grad_weight=args.grad_weight, dwa_window=args.dwa_window, seed=args.seed, workers=args.workers,
         threads=args.threads, device=args.device, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, init=args.init, pretrained_encoder=args.pretrained_encoder,
+        class_weighting=args.class_weights, scale_range=tuple(args.scale_range), unlabelled_part=args.unlabelled_part,
     )
     try:
         from rig.model.segmif import get_config
@@ -210,7 +222,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from rig.model.api import load_model
-    from rig.model.data import find_pairs, render_sim_dataset
+    from rig.model.data import find_pairs, render_sim_dataset, split_part
     from rig.model.evaluate import BASELINES, evaluate
 
     if args.threads:
@@ -225,7 +237,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                progress=lambda k: progress.update(task, completed=k))
             records = find_pairs(cache, None, "fmb")[1][: args.sim]
         else:
-            records = find_pairs(args.data, args.split, args.layout)[1]
+            records = split_part(find_pairs(args.data, args.split, args.layout)[1], args.part)
         if args.limit:
             records = records[: args.limit]
         task = progress.add_task("evaluating", total=len(records))

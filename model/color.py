@@ -36,3 +36,20 @@ def replace_luminance(rgb: torch.Tensor, luminance: torch.Tensor) -> torch.Tenso
     """Give ``rgb`` the luminance ``luminance`` ``(B, 1, H, W)``, keeping its chroma; clamped to [0, 1]."""
     ycrcb = rgb_to_ycrcb(rgb)
     return ycrcb_to_rgb(torch.cat((luminance, ycrcb[:, 1:]), dim=1)).clamp(0.0, 1.0)
+
+
+def guarded_colour(visible: torch.Tensor, luminance: torch.Tensor, guard: float) -> torch.Tensor:
+    """Put ``luminance`` under the visible chroma, fading the chroma where the luminance departs from the visible Y.
+
+    The chroma offsets (Cr - 0.5, Cb - 0.5) are scaled by ``k = clamp(1 - |Y_fused - Y_vis| / guard, 0, 1)``:
+    unchanged where the fused luminance is the visible one, neutral (grey) where they differ by
+    ``guard`` or more. A bright LWIR object on a dark visible background therefore stays grey
+    instead of taking the background's (often saturated, noisy) colour, and the "visible chroma
+    pasted on a different luminance" fringes disappear. ``guard <= 0`` is :func:`replace_luminance`.
+    """
+    if guard <= 0:
+        return replace_luminance(visible, luminance)
+    ycrcb = rgb_to_ycrcb(visible)
+    k = (1.0 - (luminance - ycrcb[:, :1]).abs() / guard).clamp(0.0, 1.0)
+    chroma = (ycrcb[:, 1:] - 0.5) * k + 0.5
+    return ycrcb_to_rgb(torch.cat((luminance, chroma), dim=1)).clamp(0.0, 1.0)

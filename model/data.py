@@ -123,6 +123,24 @@ def find_pairs(root: str | Path, split: str | None = "train", layout: str = "aut
                    "MSRS {train,test}/{vi,ir}, MFNet images/+labels/+SPLIT.txt, or visible/+infrared/)", path=root)
 
 
+SPLIT_PARTS = ("all", "train", "held-back")
+
+
+def split_part(records: Sequence[PairRecord], part: str = "all") -> list[PairRecord]:
+    """A deterministic train / held-back split of a dataset without one (e.g. RoadScene).
+
+    Records are sorted by name; every third one, starting with the third (index 2, 5, 8, ...),
+    is held back, the others are the train part (150 RoadScene pairs: 100 train, 50 held back).
+    """
+    if part not in SPLIT_PARTS:
+        raise RigError(f"unknown split part {part!r}; known: {', '.join(SPLIT_PARTS)}", key="part")
+    ordered = sorted(records, key=lambda r: r.name)
+    if part == "all":
+        return ordered
+    held = part == "held-back"
+    return [r for i, r in enumerate(ordered) if (i % 3 == 2) == held]
+
+
 def _read(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     img = cv2.imread(str(path), flags)
     if img is None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +40,9 @@ class FusionConfig:
             so an untrained network starts at the averaging baseline and training
             only has to learn what to add (much faster to train, especially on CPU).
             ``False``: the network outputs the luminance directly, as in the paper.
+        prior: what the residual corrects: ``"average"`` ``(x + y) / 2``, or ``"pyramid"``
+            (:func:`pyramid_prior`, a parameter-free multi-scale fusion: max-abs Laplacian
+            details, the finest level amplified 1.2x, a half saliency-weighted, half additive base).
         variant: ``"rig"`` (:class:`FusionNetwork`) or ``"reference"``
             (:class:`ReferenceFusionNetwork`, the layout of the SegMiF code's
             published weights; needs ``residual=False``).
@@ -51,6 +56,8 @@ class FusionConfig:
     moam: bool = True
     residual: bool = True
     variant: str = "rig"
+    prior: str = "average"
+
 
     def __post_init__(self) -> None:
         if self.width % self.num_heads:
@@ -59,9 +66,69 @@ class FusionConfig:
             raise ValueError(f"fusion variant must be one of {', '.join(FUSION_VARIANTS)}, got {self.variant!r}")
         if self.variant == "reference" and self.residual:
             raise ValueError("the reference fusion variant outputs the luminance directly; set residual=False")
+        if self.prior not in FUSION_PRIORS:
+            raise ValueError(f"fusion prior must be one of {', '.join(FUSION_PRIORS)}, got {self.prior!r}")
 
 
 FUSION_VARIANTS = ("rig", "reference")
+FUSION_PRIORS = ("average", "pyramid")
+
+_K5 = (1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16)  # Burt & Adelson's 5-tap kernel (cv2.pyrDown)
+
+
+def _blur5(x: torch.Tensor) -> torch.Tensor:
+    k = torch.tensor(_K5, dtype=x.dtype, device=x.device)
+    c = x.shape[1]
+    x = F.pad(x, (2, 2, 0, 0), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+    x = F.pad(x, (0, 0, 2, 2), mode="reflect")
+    return F.conv2d(x, k.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
+
+
+def _pyr_down(x: torch.Tensor) -> torch.Tensor:
+    return _blur5(x)[..., ::2, ::2]
+
+
+def _pyr_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    up = x.new_zeros((*x.shape[:2], size[0], size[1]))
+    up[..., ::2, ::2] = 4.0 * x[..., : (size[0] + 1) // 2, : (size[1] + 1) // 2]
+    return _blur5(up)
+
+
+def pyramid_prior(y_vis: torch.Tensor, lwir: torch.Tensor, levels: int = 5, fine_gain: float = 1.2,
+                  additive: float = 0.5) -> torch.Tensor:
+    """Parameter-free multi-scale fusion of ``(B, 1, H, W)`` images in [0, 1]; clamped to [0, 1].
+
+    Laplacian pyramids of both (``levels`` levels, 5-tap kernel); each detail level keeps the
+    coefficient of larger magnitude, the finest one multiplied by ``fine_gain``. The base mixes,
+    by ``additive``, (a) the average weighted per pixel by each source's distance from its own
+    mean base value (the source that shows structure there wins, e.g. a warm pedestrian in
+    LWIR, a lit sign in the visible) and (b) the additive combination ``A + B - (mean A + mean B) / 2``,
+    which adds each source's large-scale deviations onto the other (nothing that either source
+    shows is averaged away). The parameters were chosen on 50 held-back RoadScene pairs
+    (``split_part(..., "held-back")``) against the classical baselines; see model/weights/MODEL_CARD.md.
+    """
+    levels = max(1, min(levels, int(math.log2(max(2, min(y_vis.shape[-2:]))))))
+    cur_a, cur_b, details = y_vis, lwir, []
+    for i in range(levels - 1):
+        da, db = _pyr_down(cur_a), _pyr_down(cur_b)
+        size = cur_a.shape[-2:]
+        la, lb = cur_a - _pyr_up(da, size), cur_b - _pyr_up(db, size)
+        d = torch.where(la.abs() >= lb.abs(), la, lb)
+        details.append(d * fine_gain if i == 0 else d)
+        cur_a, cur_b = da, db
+    wa = (cur_a - cur_a.mean(dim=(-2, -1), keepdim=True)).abs() + 1e-3
+    wb = (cur_b - cur_b.mean(dim=(-2, -1), keepdim=True)).abs() + 1e-3
+    mean_ab = 0.5 * (cur_a.mean(dim=(-2, -1), keepdim=True) + cur_b.mean(dim=(-2, -1), keepdim=True))
+    out = (1.0 - additive) * (wa * cur_a + wb * cur_b) / (wa + wb) + additive * (cur_a + cur_b - mean_ab)
+    for d in reversed(details):
+        out = _pyr_up(out, d.shape[-2:]) + d
+    return out.clamp(0.0, 1.0)
+
+
+def fusion_prior(kind: str, y_vis: torch.Tensor, lwir: torch.Tensor) -> torch.Tensor:
+    """The parameter-free fusion that the residual fusion network corrects."""
+    return pyramid_prior(y_vis, lwir) if kind == "pyramid" else 0.5 * (y_vis + lwir)
 
 
 def _stem(width: int) -> nn.Sequential:
@@ -96,6 +163,11 @@ class FusionNetwork(nn.Module):
             nn.init.zeros_(self.reconstruct[-1].weight)
             nn.init.zeros_(self.reconstruct[-1].bias)
 
+    def is_identity(self) -> bool:
+        """An untrained residual network (zero last layer) outputs its prior exactly; callers may skip it."""
+        last = self.reconstruct[-1]
+        return bool(self.config.residual and not last.weight.any() and not last.bias.any())
+
     def forward(self, lwir: torch.Tensor, y_vis: torch.Tensor, seg1: torch.Tensor, seg2: torch.Tensor) -> torch.Tensor:
         # Channels-last memory: ~3x faster small-channel convolutions on CPU, and
         # the HIA token view (B, N, C) without copies.
@@ -110,7 +182,7 @@ class FusionNetwork(nn.Module):
         f_ir, f_vis = self.hia2(f_ir, f_vis, s2)
         out = self.reconstruct(torch.cat((f_ir, f_vis), dim=1))
         if self.config.residual:
-            out = out + torch.logit(0.5 * (lwir + y_vis), eps=1e-3)
+            out = out + torch.logit(fusion_prior(self.config.prior, y_vis, lwir), eps=1e-3)
         return torch.sigmoid(out)
 
 

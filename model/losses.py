@@ -168,15 +168,20 @@ def fusion_loss(u: torch.Tensor, x: torch.Tensor, y: torch.Tensor, grad_weight: 
     return FusionLoss(l_ssim + l_mse + grad_weight * l_grad, l_ssim, l_mse, l_grad)
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy averaged over labelled pixels; 0 (with gradient) when no pixel is labelled.
+
+    ``weight`` (per class) weights each pixel's term by its true class (class-balanced
+    training); the sum is still divided by the number of labelled pixels.
 
     ``logits`` ``(B, C, h, w)`` are upsampled bilinearly to the label size ``(B, H, W)`` first.
     """
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     labels = labels.long()
-    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    w = None if weight is None else weight.to(logits.device, logits.dtype)
+    total = F.cross_entropy(logits, labels, weight=w, ignore_index=ignore_index, reduction="sum")
     count = (labels != ignore_index).sum()
     return total / count.clamp_min(1)
 

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rig.model.classes import get_class_set
-from rig.model.color import replace_luminance, rgb_to_ycrcb
-from rig.model.fusion import FusionConfig, build_fusion_network
+from rig.model.color import guarded_colour, replace_luminance, rgb_to_ycrcb
+from rig.model.fusion import FusionConfig, build_fusion_network, fusion_prior
 from rig.model.mit import MIT_CONFIGS, MiTConfig, segformer_config
 from rig.model.segformer import SegFormer
 
@@ -48,6 +48,10 @@ class SegMiFConfig:
             statistics, as segmentation does. ``False`` feeds the encoder the [0, 1]
             image as is, which is what the SegMiF reference code trained its fusion
             network with (``reference_*`` configs).
+        chroma_guard: colour of the fused image: the visible chroma fades to neutral as the
+            fused luminance departs from the visible one, fully at a difference of
+            ``chroma_guard`` (:func:`rig.model.color.guarded_colour`); 0 pastes the visible
+            chroma unchanged (the paper's YCrCb recombination).
     """
 
     name: str = "custom"
@@ -57,6 +61,7 @@ class SegMiFConfig:
     classes: str = "fmb"
     seg_scale: float = 1.0
     guidance_normalize: bool = True
+    chroma_guard: float = 0.0
 
     def __post_init__(self) -> None:
         get_class_set(self.classes)
@@ -96,10 +101,11 @@ MODEL_CONFIGS: dict[str, SegMiFConfig] = {
     # a small MiT at half resolution.
     "segmif_cpu": SegMiFConfig(
         name="segmif_cpu",
-        fusion=FusionConfig(width=8, growth=8, dense_layers=3, num_heads=2),
+        fusion=FusionConfig(width=8, growth=8, dense_layers=3, num_heads=2, prior="pyramid"),
         encoder=MIT_CONFIGS["cpu"],
         decoder_dim=64,
         seg_scale=0.5,
+        chroma_guard=0.5,
     ),
     # For tests only.
     "segmif_tiny": SegMiFConfig(
@@ -183,12 +189,23 @@ class SegMiF(nn.Module):
         The fusion network sees the visible *luminance* (Y of YCrCb), as the reference
         code trains it (its test script passes the red channel instead).
         """
-        if features is None:
-            features = self.semantic_features(visible, lwir)
         y_vis = rgb_to_ycrcb(visible)[:, :1]
-        # the rig variant ends in a sigmoid (clamping is a no-op); the reference one is unbounded
-        fused_y = self.fusion(lwir, y_vis, features[0], features[1]).clamp(0.0, 1.0)
-        return fused_y, replace_luminance(visible, fused_y)
+        is_identity = getattr(self.fusion, "is_identity", None)
+        if is_identity is not None and not torch.is_grad_enabled() and is_identity():
+            # an untrained residual outputs sigmoid(logit(prior)): same numbers, no guidance pass needed
+            # (only without autograd: training the fusion network needs the full graph)
+            prior = fusion_prior(self.config.fusion.prior, y_vis, lwir)
+            fused_y = torch.sigmoid(torch.logit(prior, eps=1e-3))
+        else:
+            if features is None:
+                features = self.semantic_features(visible, lwir)
+            # the rig variant ends in a sigmoid (clamping is a no-op); the reference one is unbounded
+            fused_y = self.fusion(lwir, y_vis, features[0], features[1]).clamp(0.0, 1.0)
+        return fused_y, self.colour(visible, fused_y)
+
+    def colour(self, visible: torch.Tensor, fused_y: torch.Tensor) -> torch.Tensor:
+        """The fused RGB image: ``fused_y`` under the visible chroma (guarded, see ``chroma_guard``)."""
+        return guarded_colour(visible, fused_y, self.config.chroma_guard)
 
     def segment(self, rgb: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Segmentation logits of an RGB image, upsampled to ``size`` (default: the input size)."""

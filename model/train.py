@@ -38,7 +38,7 @@ from torch import nn
 from rig.errors import RigError
 from rig.model.checkpoint import check_state_dict, model_from_checkpoint, read_checkpoint, save_checkpoint
 from rig.model.color import rgb_to_ycrcb
-from rig.model.data import Augment, PairDataset, find_pairs, render_sim_dataset
+from rig.model.data import Augment, PairDataset, find_pairs, render_sim_dataset, split_part
 from rig.model.losses import DynamicWeightAverage, fusion_loss, segmentation_loss
 from rig.model.segmif import SegMiF, get_config
 
@@ -78,10 +78,37 @@ class TrainConfig:
     checkpoint_every: int = 200
     init: str | None = None  # start from these weights
     pretrained_encoder: str | None = None  # NVlabs SegFormer mit_bN.pth ImageNet weights for the encoder
+    class_weighting: str = "none"  # "none" or "sqrt": CE weights (median freq / freq)^0.5 from the labelled set
+    scale_range: tuple[float, float] = (0.5, 2.0)  # random resize of the augmentation
+    unlabelled_part: str = "all"  # "all", "train" or "held-back" (rig.model.data.split_part)
 
     def __post_init__(self) -> None:
         self.sim_size = tuple(self.sim_size)
         self.task_preference = tuple(self.task_preference)
+        self.scale_range = tuple(self.scale_range)
+        if self.class_weighting not in ("none", "sqrt"):
+            raise RigError(f"class weighting must be 'none' or 'sqrt', got {self.class_weighting!r}",
+                           key="class-weights")
+
+
+def class_weights(dataset: PairDataset, num_classes: int) -> torch.Tensor:
+    """Per-class CE weights ``sqrt(median frequency / frequency)`` over the labelled pixels of ``dataset``,
+    clipped to [0.2, 10]; classes without pixels get weight 1."""
+    import numpy as np
+
+    from rig.model.data import read_sample
+
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for record in dataset.records:
+        labels = read_sample(record, num_classes).labels
+        if labels is not None:
+            counts += np.bincount(labels.ravel(), minlength=256)[:num_classes]
+    present = counts > 0
+    w = np.ones(num_classes)
+    if present.any():
+        freq = counts / counts.sum()
+        w[present] = np.clip(np.sqrt(np.median(freq[present]) / freq[present]), 0.2, 10.0)
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def poly_lr(step: int, total: int, base: float, end: float = 0.0, power: float = 0.9,
@@ -102,10 +129,11 @@ def schedule(rounds: int, seg_iters: int, fusion_iters: int) -> list[tuple[int, 
 class InteractiveStep(nn.Module):
     """One training step's forward: returns the phase's losses (a module so DDP can wrap it)."""
 
-    def __init__(self, model: SegMiF, grad_weight: float):
+    def __init__(self, model: SegMiF, grad_weight: float, class_weight: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.grad_weight = grad_weight
+        self.class_weight = class_weight
 
     def forward(self, visible: torch.Tensor, lwir: torch.Tensor, labels: torch.Tensor, phase: str,
                 weights: tuple[float, float] = (1.0, 1.0)) -> dict[str, torch.Tensor]:
@@ -115,14 +143,14 @@ class InteractiveStep(nn.Module):
                 m.segmenter.eval()  # the initial pass sees the deterministic encoder
                 _, fused_rgb = m.fuse(visible, lwir)
             m.segmenter.train()
-            loss = segmentation_loss(m.segment(fused_rgb, labels.shape[-2:]), labels)
+            loss = segmentation_loss(m.segment(fused_rgb, labels.shape[-2:]), labels, weight=self.class_weight)
             return {"loss": loss, "seg": loss.detach()}
         m.segmenter.eval()
         with torch.no_grad():
             features = m.semantic_features(visible, lwir)
         fused_y, fused_rgb = m.fuse(visible, lwir, features)
         lf = fusion_loss(fused_y, rgb_to_ycrcb(visible)[:, :1], lwir, self.grad_weight)
-        ls = segmentation_loss(m.segment(fused_rgb, labels.shape[-2:]), labels)
+        ls = segmentation_loss(m.segment(fused_rgb, labels.shape[-2:]), labels, weight=self.class_weight)
         return {"loss": weights[0] * lf.total + weights[1] * ls, "fusion": lf.total.detach(), "seg": ls.detach(),
                 "ssim": lf.ssim.detach(), "mse": lf.mse.detach(), "grad": lf.grad.detach()}
 
@@ -186,11 +214,12 @@ def build_datasets(cfg: TrainConfig, num_classes: int, log: Callable[[str], None
         labelled += find_pairs(cache, None, "fmb")[1][: cfg.sim_scenes]
     for root in cfg.unlabelled:
         layout, records = find_pairs(root, cfg.split)
-        log(f"unlabelled data: {root} ({layout}, {len(records)} pairs)")
+        records = split_part(records, cfg.unlabelled_part)
+        log(f"unlabelled data: {root} ({layout}, {len(records)} pairs, part {cfg.unlabelled_part})")
         unlabelled += [r.__class__(r.name, r.visible, r.infrared, None) for r in records]
     if not labelled and not unlabelled:
         raise RigError("no training data: give --data, --sim or --unlabelled", key="data")
-    aug = Augment(crop=cfg.crop)
+    aug = Augment(crop=cfg.crop, scale=cfg.scale_range)
     lab_ds = PairDataset(labelled, num_classes, aug, cfg.seed) if labelled else None
     return lab_ds, PairDataset(labelled + unlabelled, num_classes, aug, cfg.seed + 1)
 
@@ -252,12 +281,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Any = None,
         emit(f"model {config.name}: {sum(p.numel() for p in model.parameters()):,} parameters; "
              f"device {device}; world size {dist.world}")
 
-    step_module: nn.Module = InteractiveStep(model, cfg.grad_weight)
+    lab_ds, all_ds = build_datasets(cfg, config.num_classes, emit)
+    weight = None
+    if cfg.class_weighting == "sqrt" and lab_ds is not None:
+        weight = class_weights(lab_ds, config.num_classes).to(device)
+        emit("class weights: " + " ".join(f"{w:.2f}" for w in weight.tolist()))
+    step_module: nn.Module = InteractiveStep(model, cfg.grad_weight, weight)
     if dist.world > 1:
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-
-    lab_ds, all_ds = build_datasets(cfg, config.num_classes, emit)
     phases = schedule(cfg.rounds, cfg.seg_iters if lab_ds is not None else 0, cfg.fusion_iters)
     seg_total = sum(n for _, p, n in phases if p == "seg")
     fusion_total = sum(n for _, p, n in phases if p == "fusion")
