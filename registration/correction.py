@@ -49,8 +49,9 @@ import numpy as np
 from rig.errors import RigError
 from rig.pixfmt import to_gray8
 from rig.registration.geometry import RegistrationGeometry, RemapTables, output_to_raw_lwir, remap_tables
-from rig.registration.refine import (Correction, DriftReport, RefineResult, _affine_from_displacements, _displacements,
-                                     correction_px, detect_drift, refine_alignment, smooth_corrections)
+from rig.registration.refine import Correction, RefineResult, correction_px, refine_alignment
+from rig.registration.temporal import (DriftReport, _affine_from_displacements, _displacements, detect_drift,
+                                       smooth_corrections)
 from rig.registration.resample import Resampler, resample
 
 

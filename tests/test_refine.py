@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from rig.registration.refine import (RefineResult, correction_px, detect_drift, grid_error_px, refine_alignment,
-                                     smooth_corrections)
+from rig.registration.refine import RefineResult, correction_px, grid_error_px, refine_alignment
+from rig.registration.temporal import detect_drift, smooth_corrections
 from rig.sim import render_registered
 
 SIZE = (400, 300)
