@@ -41,6 +41,7 @@ SIGMA_TOLERANCE = 3.0  # each intrinsic within 3 standard errors of its own fit
 RMS_FLOOR_PX = 0.05  # an RMS rise below this is within corner-detection noise
 FOCAL_FLOOR = 2e-4  # relative: fx, fy moves below 0.02 % are not counted as sigma-moves
 CENTRE_FLOOR_PX = 0.25  # cx, cy moves below a quarter pixel likewise
+DISTORTION_FLOOR_PX = 0.1  # a distortion-term move shifting no image point by more than this is not counted
 RAYLEIGH_MEDIAN = 1.1774  # median of |r| for a 2-D Gaussian with unit sigma per axis
 PARAM_NAMES = ("fx", "fy", "cx", "cy", *DIST_NAMES[:5])
 
@@ -152,6 +153,12 @@ def check_camera(own: IntrinsicsResult, K: np.ndarray, dist: np.ndarray, joint_r
     sig = np.where(np.isfinite(sig), np.maximum(sig, floor), sig)
     ok = np.isfinite(sig) & (sig > 0)
     z = np.where(ok, np.abs(b - a) / np.where(ok, sig, 1.0), 0.0)
+    # Distortion terms: how far the move shifts a point at the image corner (k1 r^3, k2 r^5, p1/p2 ~3 r^2, k3 r^7
+    # in normalised units, times fx); a move below DISTORTION_FLOOR_PX there is not damage, whatever its sigma.
+    w, h = own.image_size
+    r = float(np.hypot(max(a[2], w - a[2]), max(a[3], h - a[3])) / a[0])
+    effect = np.abs(b[4:] - a[4:]) * a[0] * np.array([r ** 3, r ** 5, 3 * r ** 2, 3 * r ** 2, r ** 7])
+    z[4:] = np.where(effect < DISTORTION_FLOOR_PX, 0.0, z[4:])
     i = int(np.argmax(z))
     reasons = []
     if joint_rms > (1 + rms_tolerance) * own.rms_px and joint_rms - own.rms_px > RMS_FLOOR_PX:

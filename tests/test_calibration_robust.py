@@ -208,3 +208,17 @@ def test_reduction_order():
     assert reduction_step(["p2"], names, ()) == ("p1", "p2")
     assert unobservable_terms(np.array([-0.3, 0.1, 0.001, 0.0, -0.47]), np.array([0.01, 0.02, 0.0005, 0.0, 0.62])) \
         == {"k3": pytest.approx(0.62 / 0.47)}
+
+
+def test_moves_below_detection_noise_are_not_damage(sim_rig):
+    """A clean rig's tiny sigmas must not turn a 0.05 px change into a rejected joint solve (the demo did)."""
+    board = load_board("ir_board")
+    run = synthetic_single_run(sim_rig, board, 20, 2, SIGMA)
+    own = calibrate_intrinsics("visible", list(run.points["visible"].values()), run.image_sizes["visible"])
+    tiny = own.dist.copy().ravel()
+    tiny[3] += 4.5e-5  # p2: ~0.08 px at the image corner
+    assert check_camera(own, own.K, tiny, own.rms_px).kept == "joint"
+    assert check_camera(own, own.K, own.dist, own.rms_px + 0.03).kept == "joint"  # +0.03 px RMS: noise level
+    big = own.dist.copy().ravel()
+    big[0] += 0.05  # k1: pixels at the corner
+    assert check_camera(own, own.K, big, own.rms_px).kept == "own fit"
