@@ -41,7 +41,7 @@ SIGMA_TOLERANCE = 3.0  # each intrinsic within 3 standard errors of its own fit
 RMS_FLOOR_PX = 0.05  # an RMS rise below this is within corner-detection noise
 FOCAL_FLOOR = 2e-4  # relative: fx, fy moves below 0.02 % are not counted as sigma-moves
 CENTRE_FLOOR_PX = 0.25  # cx, cy moves below a quarter pixel likewise
-DISTORTION_FLOOR_PX = 0.1  # a distortion-term move shifting no image point by more than this is not counted
+DISTORTION_FLOOR_PX = 0.25  # a distortion-term move shifting no image point by more than this (as cx, cy) is not counted
 RAYLEIGH_MEDIAN = 1.1774  # median of |r| for a 2-D Gaussian with unit sigma per axis
 PARAM_NAMES = ("fx", "fy", "cx", "cy", *DIST_NAMES[:5])
 
