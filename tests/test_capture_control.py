@@ -83,6 +83,7 @@ def test_a_failed_poll_flags_frames_until_the_state_is_known_again():
 
 def test_control_loop_never_runs_on_the_callers_thread_and_reports_a_lost_channel():
     threads, ffcs = set(), []
+    release = threading.Event()
 
     def poll():
         threads.add(threading.current_thread().name)
@@ -92,16 +93,16 @@ def test_control_loop_never_runs_on_the_callers_thread_and_reports_a_lost_channe
 
     def run():
         threads.add(threading.current_thread().name)
-        time.sleep(0.05)  # a slow serial command: the caller must not wait for it
+        release.wait(5)  # a slow serial command: held until the caller has returned
         ffcs.append(1)
 
     loop = ControlLoop("lwir", FfcWindows(), poll, run, lambda: 31.5, poll_s=0.01, busy_poll_s=0.01, lost_after=3)
     loop.start()
     try:
-        t = time.monotonic()
         loop.request_ffc()
-        assert time.monotonic() - t < 0.01  # returns at once
-        deadline = time.monotonic() + 5
+        assert not ffcs  # returned while the command is still held: the caller never waits on the serial line
+        release.set()
+        deadline = time.monotonic() + 30  # a bound on the wait, not a speed requirement
         while len(ffcs) < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         loop.request_ffc()
