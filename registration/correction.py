@@ -49,6 +49,7 @@ import numpy as np
 from rig.errors import RigError
 from rig.pixfmt import to_gray8
 from rig.registration.geometry import RegistrationGeometry, RemapTables, output_to_raw_lwir, remap_tables
+from rig.registration.parallax import BaselineParallax
 from rig.registration.refine import Correction, RefineResult, correction_px, refine_alignment
 from rig.registration.temporal import (DriftReport, _affine_from_displacements, _displacements, detect_drift,
                                        smooth_corrections)
@@ -66,16 +67,20 @@ class RefineSettings:
     margin_px: int = 32  # extension of the LWIR table beyond the output (>= max_shift_px)
     reference: str = "start"  # "start": corrections relative to the drive's start; "absolute": as measured
     significance: float = 2.0  # apply corrections from this many times a single estimate's scatter (0: always)
+    parallax: str = "baseline"  # "baseline": keep the baseline's parallax out of the estimate (needs extrinsics); "none"
 
     def __post_init__(self) -> None:
         if self.reference not in ("start", "absolute"):
             raise RigError(f"refine reference must be 'start' or 'absolute', got '{self.reference}'")
+        if self.parallax not in ("baseline", "none"):
+            raise RigError(f"refine parallax must be 'baseline' or 'none', got '{self.parallax}'")
         if self.every < 1 or self.sigma_s <= 0:
             raise RigError("refine: every must be >= 1 and sigma_s > 0")
 
     def identity(self) -> dict:
         return {"every": self.every, "work_size": list(self.work_size), "sigma_s": self.sigma_s,
-                "max_shift_px": self.max_shift_px, "reference": self.reference, "significance": self.significance}
+                "max_shift_px": self.max_shift_px, "reference": self.reference, "significance": self.significance,
+                "parallax": self.parallax}
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,12 @@ class LowResPair:
 
 
 def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tuple[int, int],
-                   settings: RefineSettings, workers: int = 2, clock=None) -> CorrectionTrack:
-    """Pass 1 and 2: estimate every ``settings.every``-th pair at low resolution, smooth, judge drift."""
+                   settings: RefineSettings, workers: int = 2, clock=None,
+                   parallax: BaselineParallax | None = None) -> CorrectionTrack:
+    """Pass 1 and 2: estimate every ``settings.every``-th pair at low resolution, smooth, judge drift.
+
+    ``parallax`` (the registration's :func:`~rig.registration.parallax.baseline_parallax`) keeps the
+    baseline's parallax out of every estimate; ``None`` treats every displacement as misalignment."""
     import time
 
     n = len(jobs)
@@ -182,7 +191,9 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
         except RigError:
             return k, None
         vis, ir8 = low.register(raw_v, job.pair.a.pixel_format, raw_l, lo, hi)
-        r = refine_alignment(vis, ir8, max_shift_px=settings.max_shift_px * low.scale)
+        r = refine_alignment(vis, ir8, max_shift_px=settings.max_shift_px * low.scale,
+                             parallax_dir=None if parallax is None else parallax.direction,
+                             far_px=0.0 if parallax is None else parallax.infinity_px * low.scale)
         r = dataclasses.replace(r, H=to_output_px(r.H, low.scale), estimate=to_output_px(r.estimate, low.scale),
                                 correction=correction_px(to_output_px(r.estimate, low.scale), geom.output_size))
         if clock is not None:

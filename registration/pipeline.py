@@ -33,6 +33,7 @@ from rig.errors import RigError
 from rig.pixfmt import to_rgb
 from rig.registration.dataset import FUSE_DIRS, REGISTER_DIRS, OutputDataset, file_sha256, frame_name, write_png
 from rig.registration.geometry import RegistrationGeometry, RemapTables, coverage, remap_tables
+from rig.registration.parallax import baseline_parallax
 from rig.registration.correction import ExtendedLwirTable, RefineSettings, estimate_track, is_identity
 from rig.registration.resample import Resampler, nearest, resample
 from rig.session import FrameFlags, Pair, SessionReader
@@ -333,9 +334,12 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
     position = {j.index: k for k, j in enumerate(jobs)}
     if o.refine is not None and todo:
         # The whole drive is estimated (also on a resume): smoothing needs every frame's neighbours.
-        track = estimate_track(reader, jobs, geom, (lo, hi), o.refine, o.workers, clock)
+        parallax = (baseline_parallax(geom, cal.extrinsics.R, cal.extrinsics.t)
+                    if o.refine.parallax == "baseline" and cal.extrinsics is not None else None)
+        track = estimate_track(reader, jobs, geom, (lo, hi), o.refine, o.workers, clock, parallax)
         ext = ExtendedLwirTable.from_geometry(geom, max(o.refine.margin_px, int(math.ceil(o.refine.max_shift_px)) + 2))
         result.refine = track.summary(geom.output_size)
+        result.refine["baseline_parallax"] = None if parallax is None else parallax.as_dict()
         ds.write_manifest(refine={**o.refine.identity(), **result.refine})
     if progress:
         progress(0, total=len(todo))

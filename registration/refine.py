@@ -84,6 +84,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from rig.registration.parallax import FarStructure, eliminate_along, far_shift, observable_basis
+
 __all__ = [
     "MODELS", "Correction", "RefineResult", "correction_px", "grid_error_px", "refine_alignment",
 ]
@@ -145,6 +147,9 @@ class RefineResult:
         agreement_identity: the same without correction.
         condition: smallest / largest eigenvalue of the Hessian (parameters in px at the corners).
         work_size: ``(w, h)`` of the finest level the estimate was computed at.
+        far_shift_px: with ``parallax_dir``: the shift along the baseline taken from the farthest structure
+            (px of the pair, relative to ``far_px``); ``None`` when too few blocks located it (then not corrected).
+        far_blocks: blocks that located themselves along the baseline.
     """
 
     H: np.ndarray
@@ -161,6 +166,8 @@ class RefineResult:
     agreement_identity: float = 0.0
     condition: float = 0.0
     work_size: tuple[int, int] = (0, 0)
+    far_shift_px: float | None = None
+    far_blocks: int = 0
 
     def as_dict(self) -> dict:
         """Plain JSON-ready values (for ``frames.jsonl``)."""
@@ -169,7 +176,9 @@ class RefineResult:
                 "iterations": int(self.iterations), "structure_fraction": round(float(self.structure_fraction), 4),
                 "inlier_fraction": round(float(self.inlier_fraction), 4), "agreement": round(float(self.agreement), 4),
                 "agreement_identity": round(float(self.agreement_identity), 4),
-                "condition": round(float(self.condition), 5)}
+                "condition": round(float(self.condition), 5),
+                "far_shift_px": None if self.far_shift_px is None else round(float(self.far_shift_px), 3),
+                "far_blocks": int(self.far_blocks)}
 
 
 # --------------------------------------------------------------------------- corrections in pixels
@@ -334,6 +343,8 @@ def refine_alignment(
     max_iterations: int = 40,
     tolerance_px: float = 0.005,
     max_points: int = 4000,
+    parallax_dir: tuple[float, float] | None = None,
+    far_px: float = 0.0,
 ) -> RefineResult:
     """Estimate the residual misalignment of a registered visible/LWIR pair (targetless, cross-modal).
 
@@ -355,6 +366,13 @@ def refine_alignment(
         max_iterations: Gauss-Newton steps per level at most.
         tolerance_px: the finest level stops when a step moves the corners by less (level px; coarser levels: 4x).
         max_points: pixels used per level at most (a regular subsample of the informative ones).
+        parallax_dir: unit ``(dx, dy)`` epipolar direction of the pair (where the LWIR content of objects nearer
+            than the working plane moves; :func:`rig.registration.parallax.baseline_parallax`). Given, a per-pixel
+            shift along it is parallax, not misalignment: it is eliminated from the estimate, and the one parameter
+            it hides (the shift along the baseline) is taken from the farthest structure instead
+            (:mod:`rig.registration.parallax`). ``None``: every displacement counts (a rig without a baseline).
+        far_px: with ``parallax_dir``, where the farthest structure lies along it on a calibrated rig (the
+            registration's infinity parallax, px of the pair; negative for a homography at a finite plane).
 
     Returns:
         :class:`RefineResult`; ``.H`` is the correction to apply (LWIR px -> visible px), identity when refused.
@@ -379,6 +397,8 @@ def refine_alignment(
     size = (W, Hh)
     n_p = _n_params(model)
     eye = np.eye(3)
+    Q_all, Q_shift = observable_basis(model, parallax_dir)
+    far: FarStructure | None = None
 
     def refuse(reason: str, est: np.ndarray = eye, confidence: float = 0.0, **kw) -> RefineResult:
         return RefineResult(eye.copy(), False, float(confidence), reason, est, correction_px(est, size), model, **kw)
@@ -418,6 +438,10 @@ def refine_alignment(
         S = _level_transform(sx, sy)
         Sinv = np.linalg.inv(S)
         A = S @ A_full @ Sinv
+        d_l = None
+        if parallax_dir is not None:
+            dl = np.array([parallax_dir[0] * sx, parallax_dir[1] * sy])
+            d_l = tuple(dl / np.linalg.norm(dl))
         cx, cy = (w_l - 1) / 2, (h_l - 1) / 2
         Rl = math.hypot(cx, cy)
         pad = max(2.0, margin_px * sx) + 3.0 * _FEAT_SIGMA
@@ -471,7 +495,10 @@ def refine_alignment(
             gu, gv = s6[:, 2:4], s6[:, 4:6]  # d/du, d/dv of the LWIR features at A x; chain rule to d/dx, d/dy:
             gx = 0.5 * (gx_ + gu * np.float32(A[0, 0]) + gv * np.float32(A[1, 0]))
             gy = 0.5 * (gy_ + gu * np.float32(A[0, 1]) + gv * np.float32(A[1, 1]))
-            SD2 = (gx[:, :, None] * Jx[:, None, :] + gy[:, :, None] * Jy[:, None, :]).reshape(-1, n_p)  # (2N, P)
+            SD3 = gx[:, :, None] * Jx[:, None, :] + gy[:, :, None] * Jy[:, None, :]  # (N, 2, P)
+            if d_l is not None:
+                r, SD3 = eliminate_along(r, SD3, gx, gy, d_l)
+            SD2 = SD3.reshape(-1, n_p)  # (2N, P)
             e = np.sqrt(r[:, 0] * r[:, 0] + r[:, 1] * r[:, 1])
             ev = e[ok]
             if ev.size < 50:
@@ -483,9 +510,9 @@ def refine_alignment(
             SDw = SD2 * wr[:, None]
             Hs = (SDw.T @ SD2).astype(np.float64)
             b = (SDw.T @ r.reshape(-1)).astype(np.float64)
+            Qm = Q_shift if n_free < n_p else Q_all
             try:
-                dp = np.zeros(n_p)
-                dp[:n_free] = -np.linalg.solve(Hs[:n_free, :n_free], b[:n_free])
+                dp = -Qm @ np.linalg.solve(Qm.T @ Hs @ Qm, Qm.T @ b)
             except np.linalg.LinAlgError:
                 return refuse("ill-conditioned (no structure constrains the warp)", iterations=iterations,
                               work_size=pyr[0][0].shape[::-1])
@@ -511,6 +538,24 @@ def refine_alignment(
                 n_free = n_p
         if correction_px(np.linalg.inv(A_full), size).max_px > 1.5 * max_shift_px:
             break
+        if k == 0 and d_l is not None:
+            # The shift along the baseline, hidden from the estimate above, from the farthest structure.
+            Fw_full = cv2.warpAffine(Fi, A[:2].astype(np.float32), (w_l, h_l),
+                                     flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+            r_a = _rotation_of(A)
+            if abs(r_a) > 1e-9:
+                c2, s2 = math.cos(2 * r_a), math.sin(2 * r_a)
+                Fw_full = Fw_full @ np.array([[c2, -s2], [s2, c2]], np.float32)
+            reach = min(max_shift_px * sx, 0.25 * min(w_l, h_l))
+            far = far_shift(Fv, Fw_full, d_l, max_shift=reach, valid=inner)
+            # Agreement up to parallax at identity (the plain correlation would reward the depth mix).
+            far_identity = far_shift(Fv, Fi, d_l, max_shift=reach, valid=inner).agreement
+            if far.shift is not None:
+                delta = far.shift - far_px * sx
+                T = np.eye(3)
+                T[:2, 2] = np.array(d_l) * delta
+                A = T @ A
+                A_full = Sinv @ A @ S
         if k == 0:
             # Agreement and shared structure over the inner pixels (every other one) at the solution and at identity.
             gy2, gx2 = np.mgrid[p0:h_l - p0:2, p0:w_l - p0:2]
@@ -532,8 +577,10 @@ def refine_alignment(
                 agreement=_agreement(Fv_g[ok_g], Fw_g[ok_g]),
                 agreement_identity=_agreement(Fv_g, Fi.reshape(-1, 2)[g_idx]),
             )
+            if far is not None:  # with a baseline: agreement up to parallax (see rig.registration.parallax)
+                stats.update(agreement=far.agreement, agreement_identity=far_identity)
             if Hs is not None:
-                ev_h = np.linalg.eigvalsh(Hs)
+                ev_h = np.linalg.eigvalsh(Q_all.T @ Hs @ Q_all)
                 stats["condition"] = float(ev_h[0] / ev_h[-1]) if ev_h[-1] > 0 else 0.0
             else:
                 stats["condition"] = 0.0
@@ -543,6 +590,9 @@ def refine_alignment(
     corr = correction_px(est, size)
     work_size = pyr[0][0].shape[::-1]
     kw = dict(iterations=iterations, work_size=work_size)
+    if far is not None:
+        sx0 = pyr[0][3]
+        kw.update(far_blocks=far.blocks, far_shift_px=None if far.shift is None else (far.shift - far_px * sx0) / sx0)
     if not stats:
         return refuse(f"correction beyond max_shift_px ({corr.max_px:.1f} > {max_shift_px:g} px)", est=est, **kw)
     kw.update(structure_fraction=stats["structure_fraction"], inlier_fraction=stats["inlier_fraction"],

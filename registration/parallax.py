@@ -1,0 +1,222 @@
+"""Plane + parallax: what the camera baseline does to a registered pair, and how refinement keeps it apart.
+
+A registration homography is exact on one plane. A rig's two cameras sit a baseline apart, so an
+object off that plane is displaced in the registered LWIR image along the *epipolar direction* (the
+line towards the epipole, the image of the other camera's centre) by ``b f (1/Z - 1/Z_plane)``: an
+amount that depends on its depth and nothing else. On the simulated rig (12 x 5 cm) that is 7.6 px at
+infinity and 15 px at 5 m. A drive's depth mix changes all the time, so a refinement that treats
+this displacement as misalignment "corrects" a perfectly calibrated rig (a static 4 s sim drive
+received up to 2 px of such false correction, single estimates carried 4-9 px).
+
+What separates the two (Irani & Anandan's plane + parallax decomposition): parallax moves every
+pixel only *along* the epipolar direction, by its own amount. Modelling a free per-pixel shift along
+that direction and eliminating it leaves the perpendicular component of the misalignment, which
+parallax cannot touch: tilt, roll and scale of a similarity are measured from it exactly as before
+(:func:`eliminate_along`, :func:`observable_basis`). The one parameter that is lost is the shift
+*along* the baseline (the camera's pan, for a side-by-side rig): no single pair can tell it from a
+change of depth. It is measured from the *farthest* structure instead (:func:`far_shift`): nothing
+can lie beyond infinity, so the far end of the distribution of per-block shifts along the baseline
+(its low quantile) sits at the infinity parallax on a calibrated rig and moves only when the
+calibration does. Distant structure (horizon, far buildings, tree lines) is present in nearly
+every road scene; where it is not, the along-baseline shift is left uncorrected.
+
+Everything here is a pure function of its arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from rig.camera_model import apply_h
+from rig.registration.geometry import RegistrationGeometry, output_to_visible, visible_to_output
+
+__all__ = ["BaselineParallax", "FarStructure", "baseline_parallax", "eliminate_along", "far_shift",
+           "observable_basis"]
+
+
+@dataclass(frozen=True)
+class BaselineParallax:
+    """How the baseline displaces objects off the working plane in the registered output (output px).
+
+    Attributes:
+        direction: unit ``(dx, dy)`` at the output centre: where the LWIR content of an object *nearer*
+            than the working plane moves relative to the visible image.
+        infinity_px: signed displacement along ``direction`` of content at infinity (negative for a
+            homography at a finite plane: far content moves the other way).
+        spread_deg: largest angle between the direction at the output centre and at its corners (the
+            epipole's nearness; the refinement uses the centre's direction).
+    """
+
+    direction: tuple[float, float]
+    infinity_px: float
+    spread_deg: float
+
+    def as_dict(self) -> dict:
+        return {"direction": [round(float(v), 5) for v in self.direction], "infinity_px": round(self.infinity_px, 3),
+                "spread_deg": round(self.spread_deg, 2)}
+
+
+def baseline_parallax(geom: RegistrationGeometry, R: np.ndarray, t: np.ndarray) -> BaselineParallax | None:
+    """The epipolar direction and the infinity parallax of a registration, at its output centre.
+
+    Args:
+        geom: the registration (cameras, homography at any plane or a fitted one, output crop).
+        R, t: the calibration's extrinsics, ``X_v = R X_l + t`` (metres).
+
+    Returns:
+        :class:`BaselineParallax`, or ``None`` without a baseline (``|t| = 0``).
+
+    Example:
+        >>> p = baseline_parallax(geom, cal.extrinsics.R, cal.extrinsics.t)
+        >>> p.direction, p.infinity_px   # e.g. (-0.92, -0.39), -7.6 on the simulated rig
+    """
+    t = np.ravel(np.asarray(t, np.float64))
+    if not np.all(np.isfinite(t)) or np.linalg.norm(t) < 1e-9:
+        return None
+
+    R = np.asarray(R, np.float64)
+
+    def displacement(uv: np.ndarray, z: float) -> np.ndarray:
+        ray = np.c_[output_to_visible(geom, uv), np.ones(len(uv))] @ np.linalg.inv(geom.K_v).T
+        X_l = ray @ R if math.isinf(z) else (ray * z - t) @ R  # R^T (X_v - t); at infinity the direction only
+        pl = X_l @ np.asarray(geom.K_l, np.float64).T
+        return visible_to_output(geom, apply_h(geom.H, pl[:, :2] / pl[:, 2:3])) - uv
+
+    W, Hh = geom.output_size
+    pts = np.array([[(W - 1) / 2, (Hh - 1) / 2], [0, 0], [W - 1, 0], [W - 1, Hh - 1], [0, Hh - 1]], np.float64)
+    near, inf = displacement(pts, 2.0), displacement(pts, math.inf)
+    dirs = near - inf  # a nearer object minus the farthest: along the epipolar line, whatever the plane
+    norms = np.linalg.norm(dirs, axis=1)
+    if norms[0] < 1e-9:
+        return None
+    d = dirs[0] / norms[0]
+    cos = np.clip(dirs[1:] @ d / np.maximum(norms[1:], 1e-12), -1.0, 1.0)
+    return BaselineParallax((float(d[0]), float(d[1])), float(inf[0] @ d), float(np.degrees(np.arccos(cos)).max()))
+
+
+def observable_basis(model: str, direction: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal bases ``(Q, Q_shift)`` of the warp parameters a pair can measure.
+
+    Parameters are those of :func:`rig.registration.refine.refine_alignment` (similarity:
+    ``tx, ty, a, b``; affine: ``tx, ty, a11, a12, a21, a22``, in px at the corners). Without a
+    direction every parameter is measurable (identity bases). With one, a displacement field that
+    points along ``direction`` everywhere is indistinguishable from parallax: the shift along it
+    (similarity), and also its gradient (affine: the whole along-baseline row).
+    """
+    n_p = 4 if model == "similarity" else 6
+    if direction is None:
+        return np.eye(n_p), np.eye(n_p)[:, :2]
+    d0, d1 = direction
+    hidden = [np.r_[d0, d1, np.zeros(n_p - 2)]]
+    if n_p == 6:
+        hidden += [np.array([0, 0, d0, 0, d1, 0.0]), np.array([0, 0, 0, d0, 0, d1])]
+    U, _, _ = np.linalg.svd(np.array(hidden).T, full_matrices=True)
+    Q = U[:, len(hidden):]
+    Q_shift = np.array([[-d1], [d0]] + [[0.0]] * (n_p - 2))  # the shift across the baseline
+    return Q, Q_shift
+
+
+def eliminate_along(r: np.ndarray, SD: np.ndarray, gx: np.ndarray, gy: np.ndarray,
+                    direction: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Remove, per pixel, what a free shift along ``direction`` could explain (the parallax nuisance).
+
+    For a two-channel feature residual ``r_i`` with spatial derivatives ``g_x, g_y`` (each ``(N, 2)``),
+    a shift ``s_i`` along ``d`` changes the features by ``s_i v_i`` with ``v_i = d_x g_x + d_y g_y``.
+    Eliminating ``s_i`` (its least-squares value) projects the residual and every column of the
+    steepest-descent rows onto the complement of ``v_i``.
+
+    Args:
+        r: ``(N, 2)`` residuals; SD: ``(N, 2, P)`` steepest-descent images; gx, gy: ``(N, 2)``.
+        direction: unit ``(dx, dy)`` at the working level.
+
+    Returns:
+        ``(r', SD')`` of the same shapes.
+    """
+    d0, d1 = np.float32(direction[0]), np.float32(direction[1])
+    v = gx * d0 + gy * d1  # (N, 2)
+    vv = np.sum(v * v, axis=1)
+    eps = np.float32(1e-3) * max(float(np.median(vv)), 1e-12)
+    k = v / (vv + eps)[:, None]  # (N, 2)
+    r2 = r - v * np.sum(k * r, axis=1)[:, None]
+    SD2 = SD - v[:, :, None] * np.einsum("nc,ncp->np", k, SD)[:, None, :]
+    return r2, SD2
+
+
+@dataclass(frozen=True)
+class FarStructure:
+    """The along-baseline shift of the farthest structure (px of the level it was measured at)."""
+
+    shift: float | None  # low quantile of the per-block shifts; None with too few usable blocks
+    blocks: int  # blocks with a clear along-baseline match
+    median: float | None  # median per-block shift (the scene's typical parallax), for diagnostics
+    agreement: float = 0.0  # energy-weighted mean of every block's best correlation: agreement up to parallax
+
+
+def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], max_shift: float,
+              valid: np.ndarray | None = None, *, block: int = 16, step: float = 0.5, quantile: float = 0.1,
+              cluster: float = 1.0, min_blocks: int = 12, min_peak: float = 0.5,
+              min_contrast: float = 0.15) -> FarStructure:
+    """Per-block 1-D search of the shift along ``direction`` that best aligns ``Fw`` to ``Fv``.
+
+    Args:
+        Fv: ``(h, w, C)`` visible feature field; Fw: the LWIR field already warped onto it.
+        direction: unit ``(dx, dy)``; a block's shift ``s`` matches ``Fw(x + s d)`` to ``Fv(x)``.
+        max_shift: search range ``[-max_shift, max_shift]`` (px).
+        valid: optional ``(h, w)`` bool of pixels that hold data in both images.
+        block: block side (px); step: search step (px), refined by a parabola through the peak.
+        quantile: the far end of the block shifts (far content has the smallest shift along ``direction``).
+        cluster: the far layer is the blocks within this many px above that quantile; its median is the result
+            (unbiased where the whole scene is far, where the quantile alone would sit in the noise's tail).
+        min_blocks: fewer usable blocks give ``shift = None``.
+        min_peak: least normalised correlation at a block's best shift.
+        min_contrast: least drop of the correlation 2 px either side (a block whose edges run along the
+            baseline cannot locate itself along it).
+
+    Also returns the *agreement up to parallax*: the energy-weighted mean over blocks of each block's best
+    correlation along the baseline, which, unlike a plain correlation of the two fields, does not change
+    with the scene's depths.
+    """
+    h, w = Fv.shape[:2]
+    hb, wb = h // block, w // block
+    if hb < 1 or wb < 1:
+        return FarStructure(None, 0, None, 0.0)
+    area = (wb, hb)
+    crop = (slice(0, hb * block), slice(0, wb * block))
+
+    def blocks_of(img: np.ndarray) -> np.ndarray:
+        return cv2.resize(np.ascontiguousarray(img[crop]), area, interpolation=cv2.INTER_AREA)
+
+    e_v = blocks_of(np.sum(Fv * Fv, axis=2))
+    shifts = np.arange(-max_shift, max_shift + 1e-9, step)
+    d0, d1 = direction
+    C = np.empty((len(shifts), hb, wb), np.float32)
+    for j, s in enumerate(shifts):
+        M = np.float32([[1, 0, s * d0], [0, 1, s * d1]])
+        Fs = cv2.warpAffine(Fw, M, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_CONSTANT)
+        C[j] = blocks_of(np.sum(Fs * Fv, axis=2)) / np.sqrt(e_v * blocks_of(np.sum(Fs * Fs, axis=2)) + 1e-12)
+    best = np.argmax(C, axis=0)
+    peak = np.take_along_axis(C, best[None], 0)[0]
+    reach = max(1, int(round(2.0 / step)))
+    side = np.maximum(np.take_along_axis(C, np.clip(best - reach, 0, len(shifts) - 1)[None], 0)[0],
+                      np.take_along_axis(C, np.clip(best + reach, 0, len(shifts) - 1)[None], 0)[0])
+    inside = np.ones((hb, wb), bool) if valid is None else blocks_of(np.asarray(valid, np.float32)) > 0.999
+    weight = e_v * inside
+    agreement = float(np.sum(weight * peak) / np.sum(weight)) if float(np.sum(weight)) > 0 else 0.0
+    ok = (peak > min_peak) & (peak - side > min_contrast) & (best > 0) & (best < len(shifts) - 1) & inside
+    ok &= e_v > 0.02 * float(e_v.max())
+    n = int(np.count_nonzero(ok))
+    if n < min_blocks:
+        return FarStructure(None, n, None, agreement)
+    bi = np.clip(best, 1, len(shifts) - 2)
+    c0, c1, c2 = (np.take_along_axis(C, (bi + o)[None], 0)[0] for o in (-1, 0, 1))
+    den = c0 - 2.0 * c1 + c2
+    off = np.where(den < -1e-9, 0.5 * (c0 - c2) / np.where(den < -1e-9, den, -1.0), 0.0)
+    s_b = (shifts[bi] + np.clip(off, -0.5, 0.5) * step)[ok]
+    k = int(quantile * (n - 1))
+    low = float(np.partition(s_b, k)[k])
+    return FarStructure(float(np.median(s_b[s_b <= low + cluster])), n, float(np.median(s_b)), agreement)

@@ -1,0 +1,141 @@
+"""Plane + parallax (rig.registration.parallax) and the baseline-aware refinement.
+
+The property that matters: a change of the scene's depths moves registered LWIR content only along the
+epipolar direction, and that must not move the estimate; a real misalignment must still be recovered.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from regfixtures import lwir_to_visible, truth_calibration
+from rig.calibration.homography import parallax_table
+from rig.calibration.results import load_calibration
+from rig.registration.geometry import RegistrationGeometry
+from rig.registration.parallax import baseline_parallax, eliminate_along, far_shift, observable_basis
+from rig.registration.refine import _features, grid_error_px, refine_alignment
+from rig.sim import render_registered
+
+SIZE = (400, 300)
+DIR = (-0.92292, -0.38500)  # the simulated rig's epipolar direction (12 x 5 cm baseline)
+
+
+def _shift(img: np.ndarray, s: float, d=DIR) -> np.ndarray:
+    """Content moved by ``s`` px along ``d``."""
+    M = np.float32([[1, 0, s * d[0]], [0, 1, s * d[1]]])
+    return cv2.warpAffine(img, M, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _similarity(t=(0.0, 0.0), rot_deg=0.0, size=SIZE) -> np.ndarray:
+    w, h = size
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    a = math.radians(rot_deg)
+    L = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    P = np.eye(3)
+    P[:2, :2] = L
+    P[:2, 2] = c + np.asarray(t) - L @ c
+    return P
+
+
+@pytest.fixture(scope="module")
+def pair():
+    s = render_registered(seed=5, variant="day", size=SIZE)
+    return cv2.cvtColor(s.visible, cv2.COLOR_RGB2GRAY), s.lwir8
+
+
+def _with_near_layer(vis, ir, parallax_px: float, box=(40, 120, 200, 150)):
+    """LWIR whose lower-left region (a near layer: cars, kerb, people) shows ``parallax_px`` along DIR."""
+    x, y, w, h = box
+    out = ir.copy()
+    moved = _shift(ir, parallax_px)
+    out[y:y + h, x:x + w] = moved[y:y + h, x:x + w]
+    return vis, out
+
+
+def test_baseline_parallax_of_the_sim_rig(sim_rig, tmp_path):
+    """Direction: along -(K t) (the image of the baseline, nearer content moves away from the LWIR camera's side);
+    infinity parallax: what calibration.homography.parallax_table reports at infinity."""
+    cal = load_calibration(truth_calibration(sim_rig, tmp_path / "calibration.yaml"))
+    geom = RegistrationGeometry.from_calibration(cal)
+    p = baseline_parallax(geom, cal.extrinsics.R, cal.extrinsics.t)
+    R, t = lwir_to_visible(sim_rig)
+    expect = -(geom.K_v @ t)[:2]
+    expect /= np.linalg.norm(expect)
+    assert np.allclose(p.direction, expect, atol=2e-3), (p.direction, expect)
+    table = parallax_table(geom.K_v, geom.K_l, R, t, geom.H, geom.crop, geom.output_size, distances=(math.inf,))
+    assert p.infinity_px < 0 and abs(-p.infinity_px - table[math.inf]["mean"]) < 0.05 * table[math.inf]["mean"]
+    assert p.spread_deg < 1.0  # side-by-side cameras: the epipole is far away
+    assert baseline_parallax(geom, cal.extrinsics.R, np.zeros(3)) is None
+
+
+def test_observable_basis():
+    for model, hidden in (("similarity", 1), ("affine", 3)):
+        Q, Qs = observable_basis(model, DIR)
+        n = Q.shape[0]
+        assert Q.shape == (n, n - hidden) and np.allclose(Q.T @ Q, np.eye(n - hidden))
+        assert abs(Q[:2].T @ np.array(DIR)).max() < 1e-9  # no translation along the baseline is measured
+        assert Qs.shape == (n, 1) and abs(Qs[:2, 0] @ np.array(DIR)) < 1e-9
+    Q, Qs = observable_basis("similarity", None)
+    assert np.array_equal(Q, np.eye(4)) and np.array_equal(Qs, np.eye(4)[:, :2])
+
+
+def test_eliminate_along_removes_only_the_along_component():
+    rng = np.random.default_rng(0)
+    gx, gy = rng.normal(size=(50, 2)).astype(np.float32), rng.normal(size=(50, 2)).astype(np.float32)
+    v = gx * DIR[0] + gy * DIR[1]
+    n = (-DIR[1], DIR[0])
+    w = gx * n[0] + gy * n[1]
+    SD = rng.normal(size=(50, 2, 4)).astype(np.float32)
+    r_along, _ = eliminate_along(v * 3.0, SD, gx, gy, DIR)
+    assert np.linalg.norm(r_along) < 0.01 * np.linalg.norm(v * 3.0)  # a pure shift along the baseline: ~nothing left
+    r_across, _ = eliminate_along(w * 3.0, SD, gx, gy, DIR)
+    assert np.linalg.norm(r_across) > 0.3 * np.linalg.norm(w * 3.0)  # one across it survives
+
+
+def test_far_shift_finds_the_farthest_layer(pair):
+    """Two layers: far content moved by -2 px along the baseline, the near left half by +6 px: the far end is -2,
+    not the noise tail below it and not the median."""
+    vis, _ = pair
+    F, _ = _features(vis.astype(np.float32), 1.0)
+    warped = _shift(F, -2.0)
+    warped[:, :200] = _shift(F, 6.0)[:, :200]
+    fs = far_shift(F, warped, DIR, max_shift=10.0)
+    assert fs.shift is not None and fs.blocks >= 12
+    assert abs(fs.shift + 2.0) < 0.1, fs
+    assert fs.median > fs.shift + 1.0
+    alone = far_shift(F, _shift(F, -2.0), DIR, max_shift=10.0)
+    assert abs(alone.shift + 2.0) < 0.1, alone  # one depth: the far layer is all of it (no tail bias)
+    assert far_shift(F, np.zeros_like(F), DIR, max_shift=10.0).shift is None  # nothing matches: no guess
+
+
+def test_depth_change_does_not_move_the_baseline_aware_estimate(pair):
+    """The same pair with its near layer at 3 px and at 11 px of parallax: the baseline-aware estimate stays put
+    (< 0.15 px over the image); the plain one, which cannot tell parallax from misalignment, moves."""
+    vis, ir = pair
+    a = _with_near_layer(vis, ir, 3.0)
+    b = _with_near_layer(vis, ir, 11.0)
+    ra, rb = (refine_alignment(*x, parallax_dir=DIR) for x in (a, b))
+    assert ra.accepted and rb.accepted, (ra.reason, rb.reason)
+    assert grid_error_px(ra.estimate, rb.estimate, SIZE).max() < 0.15
+    pa, pb = (refine_alignment(*x) for x in (a, b))
+    assert grid_error_px(pa.estimate, pb.estimate, SIZE).max() > 2 * grid_error_px(ra.estimate, rb.estimate, SIZE).max()
+
+
+def test_baseline_aware_estimate_recovers_a_real_misalignment(pair):
+    """A turned LWIR camera (shift across and along the baseline plus a roll) over a scene with a near layer:
+    the across part and the roll come from every structure, the along part from the far structure."""
+    vis, ir = pair
+    _, layered = _with_near_layer(vis, ir, 7.0)
+    P = _similarity(t=(1.6, -1.2), rot_deg=0.35)  # content displacement of the misalignment
+    moved = cv2.warpPerspective(layered, P, (SIZE[0], SIZE[1]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    r = refine_alignment(vis, moved, parallax_dir=DIR)
+    assert r.accepted, r.reason
+    assert r.far_shift_px is not None and r.far_blocks >= 12
+    err = grid_error_px(r.estimate, np.linalg.inv(P), SIZE, step=20.0)
+    assert np.median(err) < 0.3 and err.max() < 0.5, (np.median(err), err.max())
+    plain = grid_error_px(refine_alignment(vis, moved).estimate, np.linalg.inv(P), SIZE, step=20.0)
+    assert np.median(plain) > 2 * np.median(err)  # the near layer pulls the plain estimate
