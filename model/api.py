@@ -127,7 +127,24 @@ def fuse_and_segment(visible: np.ndarray, lwir: np.ndarray, model=None, *, devic
             range, as the reference implementation's fusion network does with its
             output; ``"none"`` returns the network's luminance as is. Segmentation
             always sees the un-stretched fused image (what it was trained on).
+
+    Returns:
+        ``(fused, labels)``; :func:`fuse` gives the same ``fused`` without running the segmentation head.
     """
+    return _run(visible, lwir, model, device, precision, batch_size, normalize, segment=True)
+
+
+def fuse(visible: np.ndarray, lwir: np.ndarray, model=None, *, device: str | None = None, precision: str = "fp32",
+         batch_size: int = 4, normalize: str = "minmax") -> np.ndarray:
+    """Fuse registered pairs with the model, without segmenting them (``register-and-fuse --no-segmentation``).
+
+    Same arguments and the same fused images as :func:`fuse_and_segment`; the segmentation head is not
+    run (only the fusion guidance pass uses the encoder, and not at all for a fusion network at its
+    parameter-free prior, as in the bundled weights)."""
+    return _run(visible, lwir, model, device, precision, batch_size, normalize, segment=False)[0]
+
+
+def _run(visible, lwir, model, device, precision: str, batch_size: int, normalize: str, segment: bool):
     import torch
 
     from rig.model.segmif import minmax_normalize
@@ -143,19 +160,20 @@ def fuse_and_segment(visible: np.ndarray, lwir: np.ndarray, model=None, *, devic
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
     model = model.to(dev).eval()
     fused_out = np.empty_like(vis)
-    labels_out = np.empty(vis.shape[:-1], dtype=np.uint8)
+    labels_out = np.empty(vis.shape[:-1], dtype=np.uint8) if segment else None
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         for i in range(0, len(vis), batch_size):
             v = torch.from_numpy(vis[i:i + batch_size]).to(dev).permute(0, 3, 1, 2).float() / 255.0
             t = torch.from_numpy(ir[i:i + batch_size]).to(dev)[:, None].float() / 255.0
-            out = model(v, t)
-            fused_rgb = out.fused_rgb.float()
+            fused_y, fused_rgb = model.fuse(v, t)
+            if segment:
+                labels_out[i:i + batch_size] = model.segment(fused_rgb).argmax(dim=1).to(torch.uint8).cpu().numpy()
+            fused_rgb = fused_rgb.float()
             if normalize == "minmax":
-                fused_rgb = model.colour(v.float(), minmax_normalize(out.fused_y.float()))
+                fused_rgb = model.colour(v.float(), minmax_normalize(fused_y.float()))
             fused = (fused_rgb.clamp(0, 1) * 255.0).round().to(torch.uint8)
             fused_out[i:i + batch_size] = fused.permute(0, 2, 3, 1).cpu().numpy()
-            labels_out[i:i + batch_size] = out.logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
     if not batched:
-        return fused_out[0], labels_out[0]
+        return fused_out[0], (labels_out[0] if segment else None)
     return fused_out, labels_out

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fuse.add_argument("--fusion", default="segmif", choices=("segmif", "average", "max", "laplacian"),
                       help="segmif: fuse and segment with the model (default); average, max, laplacian: a classical "
                            "fusion only (no model, no Label/ or Color/), for users without the weights or the time")
+    fuse.add_argument("--no-segmentation", dest="segmentation", action="store_false",
+                      help="with --fusion segmif: fuse with the model but skip its segmentation head (Fusion/ only, "
+                           "no Label/ or Color/; faster)")
     fuse.set_defaults(handler=lambda a: run(a, fuse=True))
 
 
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace, fuse: bool) -> int:
                               out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,
                               force=args.force, fuse=fuse, device=getattr(args, "device", "cpu"),
                               model_path=getattr(args, "model", None), batch_size=getattr(args, "batch", 2),
-                              contact_sheet_frames=args.contact_sheet, fusion=getattr(args, "fusion", "segmif"))
+                              contact_sheet_frames=args.contact_sheet, fusion=getattr(args, "fusion", "segmif"),
+                              segmentation=getattr(args, "segmentation", True))
     console = Console(stderr=True)
     with progress_bar(TextColumn("[bold]register" + ("+fuse" if fuse else "")), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console) as bar:

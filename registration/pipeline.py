@@ -58,6 +58,7 @@ class RegisterOptions:
     output_size: tuple[int, int] | None = None  # default: the calibration's
     refine: RefineSettings | None = None  # --refine: per-pair targetless correction (rig.registration.correction)
     fusion: str = "segmif"  # register-and-fuse: segmif (fuse + segment) or a classical baseline (fusion only)
+    segmentation: bool = True  # with fusion "segmif": False fuses with the model but skips the segmentation head
 
 
 @dataclass
@@ -303,10 +304,12 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
     }
     if o.fuse and o.fusion != "segmif":
         identity["fusion"] = o.fusion
+    if o.fuse and o.fusion == "segmif" and not o.segmentation:
+        identity["segmentation"] = False
     if o.refine is not None:
         identity["refine"] = o.refine.identity()
     ds = OutputDataset(out, identity)
-    segment = o.fuse and o.fusion == "segmif"
+    segment = o.fuse and o.fusion == "segmif" and o.segmentation
     done = ds.open(o.force, REGISTER_DIRS + (FUSE_DIRS if segment else ("Fusion",) if o.fuse else ()))
     result = RegisterResult(out, total_pairs=len(jobs), skipped_ffc=skipped_ffc, unpaired=unpaired)
     ir_range = tuple(ds.manifest.get("infrared_8bit", {}).get("range_counts", ())) or infrared_range(reader, jobs, tables)
@@ -463,7 +466,7 @@ def _fuse_loop(todo, pool, prepare, write, model, o: RegisterOptions, clock: _St
     """Prepare in the pool, infer in this thread in batches, write in the pool: the stages overlap.
 
     Frames are logged here, oldest first, so ``frames.jsonl`` is in frame order."""
-    from rig.model import fuse_and_segment
+    from rig.model import fuse, fuse_and_segment
 
     written = 0
     prepared: deque[Future] = deque()
@@ -490,7 +493,11 @@ def _fuse_loop(todo, pool, prepare, write, model, o: RegisterOptions, clock: _St
         refill()
         if batch:
             t0 = time.perf_counter()
-            fused, labels = fuse_and_segment(np.stack([p.visible for p in batch]), np.stack([p.ir8 for p in batch]), model)
+            vis, ir = np.stack([p.visible for p in batch]), np.stack([p.ir8 for p in batch])
+            if o.segmentation:
+                fused, labels = fuse_and_segment(vis, ir, model)
+            else:
+                fused, labels = fuse(vis, ir, model), [None] * len(batch)
             clock.add("model", time.perf_counter() - t0)
             for p, f, lab in zip(batch, fused, labels):
                 writes.append(pool.submit(write, p, f, lab))

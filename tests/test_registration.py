@@ -654,3 +654,28 @@ def test_classical_fusion_needs_no_model_and_writes_no_labels(recorded, tmp_path
     assert manifest["fusion"] == method and manifest["labels"] is None and manifest["identity"]["fusion"] == method
     with pytest.raises(RigError, match="--fusion must be one of segmif, average, max, laplacian"):
         register_session(recorded, RegisterOptions(out=tmp_path / "x", fuse=True, fusion="median"))
+
+
+def test_no_segmentation_fuses_with_the_model_but_never_runs_the_seg_head(recorded, tmp_path, monkeypatch):
+    """register-and-fuse --no-segmentation: Fusion/ identical to a full run's, no Label/ or Color/, no labels in the
+    manifest, and the segmentation head is never called."""
+    from rig.cli import main
+    from rig.model.segmif import SegMiF
+
+    full = tmp_path / "full"
+    assert main(["register-and-fuse", str(recorded), "--out", str(full), "--every", "10", "--contact-sheet", "0"]) == 0
+    calls = []
+    original = SegMiF.segment
+    monkeypatch.setattr(SegMiF, "segment", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    out = tmp_path / "fusion-only"
+    assert main(["register-and-fuse", str(recorded), "--out", str(out), "--every", "10", "--contact-sheet", "1",
+                 "--no-segmentation"]) == 0
+    assert calls == []
+    assert not (out / "Label").exists() and not (out / "Color").exists()
+    names = sorted(p.name for p in (out / "Fusion").iterdir())
+    assert names and names == sorted(p.name for p in (full / "Fusion").iterdir())
+    for n in names:
+        assert np.array_equal(cv2.imread(str(out / "Fusion" / n)), cv2.imread(str(full / "Fusion" / n)))
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    assert manifest["labels"] is None and manifest["identity"]["segmentation"] is False and manifest["fusion"] == "segmif"
+    assert (out / "contact_sheet.html").exists()
