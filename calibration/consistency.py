@@ -26,7 +26,9 @@ accuracy the extrinsics are specified to (the calibration tolerances): a pair
 that agrees with the rig estimate within them is never called inconsistent,
 however tightly the other pairs agree (near-perfect data make the MAD tiny).
 :func:`pose_covariance` gives a board pose's covariance from its PnP Jacobian
-and :func:`relative_covariance` propagates two of them to a pair.
+(corner noise, plus the camera's intrinsics uncertainty propagated through the
+pose's sensitivity to them, which differs from view to view) and
+:func:`relative_covariance` propagates two of them to a pair.
 With fewer than :data:`MIN_PAIRS` pairs the median and MAD mean little and
 nothing is flagged.
 """
@@ -178,26 +180,68 @@ def check_pairs(relative: dict[str, tuple[np.ndarray, np.ndarray]], k: float = K
     return Consistency(R, t, pairs, thr_r, thr_t, k, True)
 
 
-def describe(p: PairDeviation, c: Consistency) -> str:
-    """One line for a warning: which pair, how far off, and the limits."""
+def describe(p: PairDeviation, c: Consistency, detection_hint: str = "") -> str:
+    """One line for a warning: which pair, how far off, the limits and the likely causes.
+
+    ``detection_hint`` (e.g. from :func:`detection_hint`) names a camera whose board detection in this
+    view was noisier than in the others: then the view itself, not the rig, may be at fault."""
     if c.mahalanobis_threshold is not None:
         limit = (f"{p.mahalanobis:.1f} sigma-weighted against a limit of {c.mahalanobis_threshold:.1f}, "
                  f"and beyond {c.rotation_threshold_deg:g} deg or {c.translation_threshold_mm:g} mm")
     else:
         limit = f"limits {c.rotation_threshold_deg:.2f} deg / {c.translation_threshold_mm:.1f} mm"
+    cause = (f"the rig flexed, the cameras were not triggered together, or this view's detection is off: {detection_hint}"
+             if detection_hint else "the rig flexed, or the cameras were not triggered together")
     return (f"pair '{p.view}' inconsistent with the rig: {p.rotation_deg:.2f} deg / {p.translation_mm:.1f} mm from the "
-            f"robust rig estimate ({limit}); left out of the extrinsics (the rig flexed, or the cameras were not "
-            "triggered together)")
+            f"robust rig estimate ({limit}); left out of the extrinsics ({cause})")
+
+
+def detection_hint(view: str, residuals: dict[str, dict[str, np.ndarray]], dropped: dict[str, int],
+                   ratio: float = 1.25) -> str:
+    """Which camera saw this view's board worse than its others (median corner residual ``ratio`` times its
+    median over views, or corners dropped as outliers): ``""`` when none did.
+
+    Args:
+        residuals: camera -> view -> ``(N, 2)`` own-fit residuals.
+        dropped: ``"camera/view"`` -> corners dropped as outliers in that view.
+    """
+    out = []
+    for cam, per_view in residuals.items():
+        if view not in per_view:
+            continue
+        med = {v: float(np.median(np.linalg.norm(r, axis=1))) for v, r in per_view.items() if len(r)}
+        typical = float(np.median(list(med.values()))) if med else 0.0
+        n_drop = dropped.get(f"{cam}/{view}", 0)
+        if typical > 0 and (med.get(view, 0.0) > ratio * typical or n_drop):
+            extra = f", {n_drop} outlier corner(s) dropped" if n_drop else ""
+            out.append(f"its {cam} corners fit worse than the other views' ({med.get(view, 0.0):.2f} vs "
+                       f"{typical:.2f} px median residual{extra})")
+    return "; ".join(out)
 
 
 def pose_covariance(obj: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, dist: np.ndarray,
-                    sigma_px: float) -> np.ndarray:
-    """6x6 covariance of a board pose ``(rvec, t)`` from its Jacobian: ``sigma^2 (J^T J)^-1``."""
+                    sigma_px: float, intrinsics_std: dict | None = None) -> np.ndarray:
+    """6x6 covariance of a board pose ``(rvec, t)`` from its Jacobian: ``sigma^2 (J^T J)^-1``.
+
+    With ``intrinsics_std`` (the camera's ``{"fx", "fy", "cx", "cy", "dist": [...]}`` standard deviations, as
+    :class:`~rig.calibration.intrinsics.IntrinsicsResult` reports them) the intrinsics' own uncertainty is
+    propagated too: the pose that PnP would find moves with them by ``-(J_p^T J_p)^-1 J_p^T J_k``. How much
+    depends on the view (a close, tilted board trades focal length against distance far more than a distant,
+    frontal one), so without it such a view's pair looks inconsistent when only its intrinsics sensitivity
+    is larger."""
     rvec = _log(R).reshape(3, 1)
-    _, J = cv2.projectPoints(np.asarray(obj, np.float64), rvec, np.ravel(t).astype(np.float64).reshape(3, 1), K,
-                             np.asarray(dist, np.float64))
+    dist = np.asarray(dist, np.float64).ravel()
+    _, J = cv2.projectPoints(np.asarray(obj, np.float64), rvec, np.ravel(t).astype(np.float64).reshape(3, 1), K, dist)
     Jp = J[:, :6]
-    return sigma_px ** 2 * np.linalg.pinv(Jp.T @ Jp)
+    A = np.linalg.pinv(Jp.T @ Jp)
+    cov = sigma_px ** 2 * A
+    if intrinsics_std is not None:
+        sd = np.r_[[intrinsics_std.get(k, 0.0) for k in ("fx", "fy", "cx", "cy")],
+                   list(intrinsics_std.get("dist", []))[:len(dist)]].astype(np.float64)
+        sd = np.nan_to_num(np.r_[sd, np.zeros(4 + len(dist) - len(sd))], nan=0.0)
+        S = -A @ Jp.T @ J[:, 6:6 + len(sd)]
+        cov = cov + S @ np.diag(sd * sd) @ S.T
+    return cov
 
 
 def relative_covariance(pose_v: tuple[np.ndarray, np.ndarray], cov_v: np.ndarray, pose_l: tuple[np.ndarray, np.ndarray],

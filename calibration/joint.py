@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from rig.calibration.bundle import bundle_adjust
-from rig.calibration.consistency import (Consistency, check_pairs, describe, pose_covariance, relative_covariance,
-                                         relative_pose, rotation_l1_mean)
+from rig.calibration.consistency import (Consistency, check_pairs, describe, detection_hint, pose_covariance,
+                                         relative_covariance, relative_pose, rotation_l1_mean)
 from rig.calibration.intrinsics import DIST_NAMES, IntrinsicsResult
 from rig.calibration.stereo import StereoResult, _pose, common_points, epipolar_summary, stereo_calibrate
 
@@ -106,8 +106,8 @@ def pair_covariances(vis: IntrinsicsResult, lw: IntrinsicsResult, rel: dict) -> 
     sig = {"visible": noise_sigma(vis), "lwir": noise_sigma(lw)}
     out = {}
     for n in rel:
-        cv = pose_covariance(views["visible"][n].object_points, *vis.poses[n], vis.K, vis.dist, sig["visible"])
-        cl = pose_covariance(views["lwir"][n].object_points, *lw.poses[n], lw.K, lw.dist, sig["lwir"])
+        cv = pose_covariance(views["visible"][n].object_points, *vis.poses[n], vis.K, vis.dist, sig["visible"], vis.std)
+        cl = pose_covariance(views["lwir"][n].object_points, *lw.poses[n], lw.K, lw.dist, sig["lwir"], lw.std)
         out[n] = relative_covariance(vis.poses[n], cv, lw.poses[n], cl, R_ref)
     return out
 
@@ -209,7 +209,13 @@ def _solve(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str], options:
         cons = check_pairs(rel, covariances=pair_covariances(cv, cl, rel))
         bad = {p.view for p in cons.inconsistent}
         use = [n for n in names if n not in bad]
-        warnings.extend(describe(p, cons) for p in cons.inconsistent)
+        residuals = {"visible": cv.residuals, "lwir": cl.residuals}
+        dropped: dict[str, int] = {}
+        for r in (cv, cl):
+            for d in r.dropped:
+                if d.what == "corners":
+                    dropped[f"{d.camera}/{d.view}"] = dropped.get(f"{d.camera}/{d.view}", 0) + d.count
+        warnings.extend(describe(p, cons, detection_hint(p.view, residuals, dropped)) for p in cons.inconsistent)
         if not cons.checked:
             notes.append(f"pair consistency not checked: {len(rel)} pairs (a median and MAD need at least 6)")
     vis_views = {v.name: v for v in vis.views if v.name in use}
