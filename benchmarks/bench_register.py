@@ -9,7 +9,7 @@ the same run:
 * naive: imread(visible PNG) + imread(LWIR PNG) -> warpPerspective -> crop/resize ->
   imwrite PNG, one pair at a time (the frames exported to PNG beforehand, untimed);
 * ``rig register`` (the library call behind the CLI) with ``--workers`` threads;
-* ``rig register --refine`` (per-pair targetless correction: every 6th pair estimated at 320x240,
+* ``rig register --refine`` (per-pair targetless correction: 2.5 pairs per second of drive estimated at 320x240,
   smoothed, composed into the LWIR remap), same threads, same run;
 * ``rig register-and-fuse`` with the bundled model, with the share of time per stage.
 """

@@ -17,8 +17,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", action="store_true",
                    help="measure the residual LWIR misalignment per pair (targetless), smooth it over the drive and "
                         "correct it inside the same remap; frames.jsonl and manifest.yaml record it")
-    p.add_argument("--refine-every", type=int, default=6, metavar="K",
-                   help="with --refine: estimate every K-th pair, the others take the smoothed trend (default 6)")
+    p.add_argument("--refine-rate", type=float, default=2.5, metavar="HZ",
+                   help="with --refine: estimates per second of drive, the others take the smoothed trend (default 2.5)")
+    p.add_argument("--refine-every", type=int, default=0, metavar="K",
+                   help="with --refine: estimate every K-th registered pair instead of --refine-rate (default 0: "
+                        "use the rate)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,9 +52,10 @@ def run(args: argparse.Namespace, fuse: bool) -> int:
     from rig.registration.pipeline import RegisterOptions, register_session
     from rig.terminal import progress as progress_bar
 
-    if args.refine_every < 1:
-        raise RigError(f"--refine-every must be >= 1, got {args.refine_every}")
-    options = RegisterOptions(refine=RefineSettings(every=args.refine_every) if args.refine else None,
+    if args.refine_every < 0 or not args.refine_rate > 0:
+        raise RigError(f"--refine-every must be >= 0 and --refine-rate > 0, got {args.refine_every} and {args.refine_rate:g}")
+    refine = RefineSettings(every=args.refine_every, rate_hz=args.refine_rate) if args.refine else None
+    options = RegisterOptions(refine=refine,
                               out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,
                               force=args.force, fuse=fuse, device=getattr(args, "device", "cpu"),
                               model_path=getattr(args, "model", None), batch_size=getattr(args, "batch", 2),

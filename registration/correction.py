@@ -2,7 +2,8 @@
 
 Design (two passes, one interpolation per output pixel):
 
-1. *Estimate* (cheap): every ``every``-th pair is registered at low resolution (``work_size``,
+1. *Estimate* (cheap): ``rate_hz`` pairs per second of the drive (or every ``every``-th pair) are
+   registered at low resolution (``work_size``,
    320x240 by default, same crop: a box-reduced grey visible image and the prefiltered LWIR,
    remapped through low-resolution tables), and :func:`~rig.registration.refine.refine_alignment`
    measures its residual correction. The correction is converted to output pixels.
@@ -60,7 +61,8 @@ from rig.registration.resample import Resampler, resample
 class RefineSettings:
     """``--refine`` options."""
 
-    every: int = 6  # estimate every K-th registered pair
+    rate_hz: float = 2.5  # estimates per second of drive (the smoothing spans sigma_s: ~5 estimates within +-1 s)
+    every: int = 0  # > 0: estimate every K-th registered pair instead (whatever the frame rate)
     work_size: tuple[int, int] = (320, 240)  # low-resolution registered pair the estimate is made on
     sigma_s: float = 1.0  # temporal smoothing kernel, seconds
     max_shift_px: float = 24.0  # bound of the correction, output px
@@ -74,11 +76,11 @@ class RefineSettings:
             raise RigError(f"refine reference must be 'start' or 'absolute', got '{self.reference}'")
         if self.parallax not in ("baseline", "none"):
             raise RigError(f"refine parallax must be 'baseline' or 'none', got '{self.parallax}'")
-        if self.every < 1 or self.sigma_s <= 0:
-            raise RigError("refine: every must be >= 1 and sigma_s > 0")
+        if self.every < 0 or self.sigma_s <= 0 or (self.every == 0 and not self.rate_hz > 0):
+            raise RigError("refine: every must be >= 0, rate_hz > 0 (when every is 0) and sigma_s > 0")
 
     def identity(self) -> dict:
-        return {"every": self.every, "work_size": list(self.work_size), "sigma_s": self.sigma_s,
+        return {"rate_hz": self.rate_hz, "every": self.every, "work_size": list(self.work_size), "sigma_s": self.sigma_s,
                 "max_shift_px": self.max_shift_px, "reference": self.reference, "significance": self.significance,
                 "parallax": self.parallax}
 
@@ -172,7 +174,8 @@ class LowResPair:
 def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tuple[int, int],
                    settings: RefineSettings, workers: int = 2, clock=None,
                    parallax: BaselineParallax | None = None) -> CorrectionTrack:
-    """Pass 1 and 2: estimate every ``settings.every``-th pair at low resolution, smooth, judge drift.
+    """Pass 1 and 2: estimate ``settings.rate_hz`` pairs per second (or every ``settings.every``-th) at low
+    resolution, smooth, judge drift.
 
     ``parallax`` (the registration's :func:`~rig.registration.parallax.baseline_parallax`) keeps the
     baseline's parallax out of every estimate; ``None`` treats every displacement as misalignment."""
@@ -180,7 +183,10 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
 
     n = len(jobs)
     low = LowResPair.from_geometry(geom, settings.work_size)
-    picks = sorted(set(range(0, n, max(1, settings.every))) | ({n - 1} if n else set()))
+    times = np.array([j.pair.a.host_ns for j in jobs], np.float64) * 1e-9
+    if n >= 2 and not np.all(np.diff(times) >= 0):
+        times = np.maximum.accumulate(times)
+    picks = pick_estimates(times, settings)
     lo, hi = ir_range
 
     def one(k: int) -> tuple[int, RefineResult | None]:
@@ -202,10 +208,6 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="refine") as pool:
         results = {k: r for k, r in pool.map(one, picks) if r is not None}
-    times = np.array([j.pair.a.host_ns for j in jobs], np.float64) * 1e-9
-    order_ok = n < 2 or np.all(np.diff(times) >= 0)
-    if not order_ok:
-        times = np.maximum.accumulate(times)
     H = np.repeat(np.eye(3)[None], n, axis=0)
     acc = np.zeros(n, bool)
     conf = np.zeros(n)
@@ -224,6 +226,24 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
     # content's changing parallax, which on a static rig can trend by more than the 2 px threshold.
     drift = detect_drift(smoothed, acc, size=size, times=times)
     return CorrectionTrack(smoothed, results, drift, noise_px, tau)
+
+
+def pick_estimates(times: np.ndarray, settings: RefineSettings) -> list[int]:
+    """Which registered pairs to estimate: every ``settings.every``-th, else the first pair at least
+    ``1 / rate_hz`` s after the previous pick (the estimate density follows time, not the frame rate or
+    ``--every``); the last pair always."""
+    n = len(times)
+    if n == 0:
+        return []
+    if settings.every > 0:
+        picks = set(range(0, n, settings.every))
+    else:
+        picks, last, gap = set(), -math.inf, 1.0 / settings.rate_hz
+        for k, t in enumerate(times):
+            if t - last >= gap - 1e-9:
+                picks.add(k)
+                last = t
+    return sorted(picks | {n - 1})
 
 
 def estimate_scatter(H: np.ndarray, smoothed: np.ndarray, accepted: np.ndarray, size: tuple[int, int]) -> float:

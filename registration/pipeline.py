@@ -340,7 +340,8 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         parallax = (baseline_parallax(geom, cal.extrinsics.R, cal.extrinsics.t)
                     if o.refine.parallax == "baseline" and cal.extrinsics is not None else None)
         track = estimate_track(reader, jobs, geom, (lo, hi), o.refine, o.workers, clock, parallax)
-        ext = ExtendedLwirTable.from_geometry(geom, max(o.refine.margin_px, int(math.ceil(o.refine.max_shift_px)) + 2))
+        if not all(is_identity(h, geom.output_size) for h in track.H):  # a static rig needs no corrected tables
+            ext = ExtendedLwirTable.from_geometry(geom, max(o.refine.margin_px, int(math.ceil(o.refine.max_shift_px)) + 2))
         result.refine = track.summary(geom.output_size)
         result.refine["baseline_parallax"] = None if parallax is None else parallax.as_dict()
         ds.write_manifest(refine={**o.refine.identity(), **result.refine})
@@ -360,7 +361,7 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         rgb = to_rgb(raw_v, job.pair.a.pixel_format)
         vis = resample(rgb, tables.visible_x, tables.visible_y, resampler.sigma_visible)
         lx, ly = tables.lwir_x, tables.lwir_y
-        if track is not None and not is_identity(track.H[position[job.index]], geom.output_size):
+        if ext is not None and not is_identity(track.H[position[job.index]], geom.output_size):
             lx, ly = ext.corrected(track.H[position[job.index]], geom.output_size)  # T o C^-1: still one remap
         ir16 = nearest(raw_l, lx, ly)
         irf = resample(raw_l.astype(np.float32), lx, ly, resampler.sigma_lwir)

@@ -144,7 +144,8 @@ class RefineResult:
         structure_fraction: share of the evaluated pixels with structure in both images (after alignment).
         inlier_fraction: share of the structured pixels with non-zero robust weight at the solution.
         agreement: normalised correlation of the feature fields after the correction (-1..1).
-        agreement_identity: the same without correction.
+        agreement_identity: the same without correction (NaN where a baseline-aware estimate within ``free_px``
+            did not need it).
         condition: smallest / largest eigenvalue of the Hessian (parameters in px at the corners).
         work_size: ``(w, h)`` of the finest level the estimate was computed at.
         far_shift_px: with ``parallax_dir``: the shift along the baseline taken from the farthest structure
@@ -175,7 +176,8 @@ class RefineResult:
                 "model": self.model, "H": np.round(self.H, 8).tolist(), "correction": self.correction.as_dict(),
                 "iterations": int(self.iterations), "structure_fraction": round(float(self.structure_fraction), 4),
                 "inlier_fraction": round(float(self.inlier_fraction), 4), "agreement": round(float(self.agreement), 4),
-                "agreement_identity": round(float(self.agreement_identity), 4),
+                "agreement_identity": (None if not math.isfinite(self.agreement_identity)
+                                       else round(float(self.agreement_identity), 4)),
                 "condition": round(float(self.condition), 5),
                 "far_shift_px": None if self.far_shift_px is None else round(float(self.far_shift_px), 3),
                 "far_blocks": int(self.far_blocks)}
@@ -549,7 +551,8 @@ def refine_alignment(
             reach = min(max_shift_px * sx, 0.25 * min(w_l, h_l))
             far = far_shift(Fv, Fw_full, d_l, max_shift=reach, valid=inner)
             # Agreement up to parallax at identity (the plain correlation would reward the depth mix).
-            far_identity = far_shift(Fv, Fi, d_l, max_shift=reach, valid=inner).agreement
+            def far_identity(Fv=Fv, Fi=Fi, d_l=d_l, reach=reach, inner=inner) -> float:
+                return far_shift(Fv, Fi, d_l, max_shift=reach, valid=inner).agreement
             if far.shift is not None:
                 delta = far.shift - far_px * sx
                 T = np.eye(3)
@@ -578,7 +581,7 @@ def refine_alignment(
                 agreement_identity=_agreement(Fv_g, Fi.reshape(-1, 2)[g_idx]),
             )
             if far is not None:  # with a baseline: agreement up to parallax (see rig.registration.parallax)
-                stats.update(agreement=far.agreement, agreement_identity=far_identity)
+                stats.update(agreement=far.agreement, agreement_identity=None, identity_agreement=far_identity)
             if Hs is not None:
                 ev_h = np.linalg.eigvalsh(Q_all.T @ Hs @ Q_all)
                 stats["condition"] = float(ev_h[0] / ev_h[-1]) if ev_h[-1] > 0 else 0.0
@@ -588,6 +591,8 @@ def refine_alignment(
     est = np.linalg.inv(A_full)
     est /= est[2, 2]
     corr = correction_px(est, size)
+    if stats and stats["agreement_identity"] is None:  # only the agreement-gain check below needs it
+        stats["agreement_identity"] = stats.pop("identity_agreement")() if corr.max_px > free_px else float("nan")
     work_size = pyr[0][0].shape[::-1]
     kw = dict(iterations=iterations, work_size=work_size)
     if far is not None:

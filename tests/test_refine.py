@@ -275,3 +275,17 @@ def test_sim_pairs_carry_no_systematic_refine_bias():
         corners.append(np.hypot(r.correction.corners[:, 0], r.correction.corners[:, 1]).max())
     assert abs(np.median(scales)) < 0.6e-3, scales
     assert np.median(corners) < 0.35, corners
+
+
+def test_estimates_follow_time_not_the_frame_rate():
+    """--refine-rate: the same density of estimates for a 30 fps drive registered in full or every 3rd pair."""
+    from rig.registration.correction import RefineSettings, pick_estimates
+
+    full = np.arange(0, 4.0, 1 / 30)  # 4 s at 30 pairs/s
+    sparse = full[::3]
+    s = RefineSettings(rate_hz=2.5)
+    a, b = pick_estimates(full, s), pick_estimates(sparse, s)
+    assert len(a) == len(b) == 11  # 0, 0.4, ..., 3.6 s and the last pair
+    assert np.allclose(full[a[:-1]], sparse[b[:-1]], atol=0.1) and a[-1] == len(full) - 1
+    assert pick_estimates(full, RefineSettings(every=6)) == list(range(0, 120, 6)) + [119]
+    assert pick_estimates(np.array([]), s) == []
