@@ -225,3 +225,24 @@ def test_bundled_weights_ship_and_load() -> None:
     assert model.config == rm.get_config("cpu") and not model.training
     fused, labels = rm.fuse_and_segment(np.zeros((40, 56, 3), np.uint8), np.zeros((40, 56), np.uint8), model)
     assert fused.shape == (40, 56, 3) and labels.shape == (40, 56)
+
+
+def test_channels_last_gives_the_eager_layouts_outputs() -> None:
+    """load_model's default NHWC weights (faster on CPU) give the same fused images and labels as the default
+    layout, and fuse() the same fused images without segmenting."""
+    import torch
+
+    from rig.sim import render_registered
+
+    s = render_registered(seed=2, variant="day", size=(320, 240))
+    fast, plain = rm.load_model(), rm.load_model(channels_last=False)
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    f_fast, l_fast = rm.fuse_and_segment(s.visible, s.lwir8, fast)
+    f_plain, l_plain = rm.fuse_and_segment(s.visible, s.lwir8, plain)
+    assert np.array_equal(f_fast, f_plain)
+    assert (l_fast == l_plain).mean() > 0.999  # float sums in another order may flip a tie, nothing more
+    with torch.inference_mode():
+        rgb = torch.from_numpy(s.visible).permute(2, 0, 1)[None].float() / 255
+        assert torch.allclose(fast.segment(rgb), plain.segment(rgb), atol=1e-4)
+    assert np.array_equal(rm.fuse(s.visible, s.lwir8, fast), f_fast)
