@@ -21,7 +21,7 @@ import numpy as np
 
 from rig.errors import RigError
 
-MODEL_VERSION = "segmif-cpu-sim-0.2"
+MODEL_VERSION = "segmif-cpu-sim-0.3"
 BUNDLED_WEIGHTS = "segmif_cpu.pt"
 MIN_SIZE = 32
 
