@@ -289,3 +289,19 @@ def test_estimates_follow_time_not_the_frame_rate():
     assert np.allclose(full[a[:-1]], sparse[b[:-1]], atol=0.1) and a[-1] == len(full) - 1
     assert pick_estimates(full, RefineSettings(every=6)) == list(range(0, 120, 6)) + [119]
     assert pick_estimates(np.array([]), s) == []
+
+
+def test_theil_sen_matches_scipy():
+    from scipy.stats import theilslopes
+
+    from rig.registration.temporal import theil_sen
+
+    rng = np.random.default_rng(4)
+    for n, ties in ((12, False), (60, False), (40, True)):
+        x = np.sort(rng.uniform(0, 10, n))
+        y = 0.3 * x + rng.normal(0, 0.5, n)
+        if ties:
+            x[5:8] = x[5]
+            y[10:13] = y[10]
+        ref = theilslopes(y, x)
+        assert np.allclose(theil_sen(y, x), (ref.slope, ref.low_slope, ref.high_slope), rtol=1e-12, atol=1e-12)
