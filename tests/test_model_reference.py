@@ -126,8 +126,11 @@ def test_import_writes_a_checkpoint_load_model_reads(files, tmp_path: Path) -> N
     direct, _ = convert_reference(torch.load(files[0]), torch.load(files[1]))
     rgb, ir, _ = _inputs(3)
     with torch.no_grad():
-        a, b = model(rgb, ir), direct(rgb, ir)
+        a, b = rm.load_model(out, channels_last=False)(rgb, ir), direct(rgb, ir)
+        fast = model(rgb, ir)  # load_model's default channels-last weights: the same up to summation order
     assert torch.equal(a.fused_y, b.fused_y) and torch.equal(a.logits, b.logits)
+    torch.testing.assert_close(fast.fused_y, b.fused_y, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.logits, b.logits, atol=1e-4, rtol=1e-4)
     assert 0 <= a.fused_y.min() and a.fused_y.max() <= 1
 
 
