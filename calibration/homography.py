@@ -105,6 +105,17 @@ def registration_error(H: np.ndarray, src: np.ndarray, dst: np.ndarray, out_scal
     return HeldOut(float(e.mean()), float(np.sqrt((e ** 2).mean())), float(e.max()), float(e.mean() * out_scale), len(e))
 
 
+def parallax_displacement(K_v: np.ndarray, K_l: np.ndarray, R: np.ndarray, t: np.ndarray, H: np.ndarray,
+                          pv: np.ndarray, z: float) -> np.ndarray:
+    """Where registering with ``H`` puts an object at distance ``z`` (visible frame, metres; ``inf`` allowed)
+    seen at undistorted visible px ``pv (N, 2)``, minus ``pv``: its misregistration vector (visible px)."""
+    pv = np.asarray(pv, np.float64)
+    rays = np.c_[pv, np.ones(len(pv))] @ np.linalg.inv(K_v).T
+    Xl = rays @ R if np.isinf(z) else (rays * z - np.ravel(t)) @ R  # R^T (X_v - t); at infinity the direction only
+    pl = Xl @ np.asarray(K_l, np.float64).T
+    return apply_h(H, pl[:, :2] / pl[:, 2:3]) - pv
+
+
 def parallax_table(K_v: np.ndarray, K_l: np.ndarray, R: np.ndarray, t: np.ndarray, H: np.ndarray,
                    crop: tuple[float, float, float, float], output_size: tuple[int, int],
                    distances: tuple[float, ...] = PARALLAX_DISTANCES_M, grid: int = 9) -> dict[float, dict]:
@@ -118,18 +129,9 @@ def parallax_table(K_v: np.ndarray, K_l: np.ndarray, R: np.ndarray, t: np.ndarra
     scale = output_size[0] / w
     u, v = np.meshgrid(np.linspace(x0, x0 + w, grid), np.linspace(y0, y0 + h, grid))
     pv = np.stack([u.ravel(), v.ravel()], axis=1)
-    rays = (np.c_[pv, np.ones(len(pv))] @ np.linalg.inv(K_v).T)
     out = {}
     for z in distances:
-        if np.isinf(z):
-            Xl = rays @ R  # direction only: R^T ray
-            pl = Xl @ K_l.T
-        else:
-            Xv = rays * z
-            Xl = (Xv - np.ravel(t)) @ R  # R^T (X_v - t)
-            pl = Xl @ K_l.T
-        pl = pl[:, :2] / pl[:, 2:3]
-        e = np.linalg.norm(apply_h(H, pl) - pv, axis=1) * scale
+        e = np.linalg.norm(parallax_displacement(K_v, K_l, R, t, H, pv, z), axis=1) * scale
         out[z] = {"mean": float(e.mean()), "max": float(e.max())}
     return out
 

@@ -72,6 +72,13 @@ class RegistrationGeometry:
                    tuple(l.image_size), cal.homography.H)
 
 
+def centre_and_corners(size: tuple[int, int]) -> np.ndarray:
+    """``(5, 2)`` pixel centres of a ``size = (w, h)`` image: its centre, then the corners top-left, top-right,
+    bottom-right, bottom-left (where corrections and parallax are reported)."""
+    w, h = size
+    return np.array([[(w - 1) / 2, (h - 1) / 2], [0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+
+
 def output_to_visible(geom: RegistrationGeometry, uv: np.ndarray) -> np.ndarray:
     """Output px ``(..., 2)`` -> undistorted visible px."""
     x, y, w, h = geom.crop

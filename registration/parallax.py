@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from rig.camera_model import apply_h
-from rig.registration.geometry import RegistrationGeometry, output_to_visible, visible_to_output
+from rig.calibration.homography import parallax_displacement
+from rig.registration.geometry import RegistrationGeometry, centre_and_corners, output_to_visible, visible_to_output
 
 __all__ = ["BaselineParallax", "FarStructure", "baseline_parallax", "eliminate_along", "far_shift",
            "observable_basis"]
@@ -79,16 +79,13 @@ def baseline_parallax(geom: RegistrationGeometry, R: np.ndarray, t: np.ndarray) 
         return None
 
     R = np.asarray(R, np.float64)
+    pts = centre_and_corners(geom.output_size)
+    pv = output_to_visible(geom, pts)
 
-    def displacement(uv: np.ndarray, z: float) -> np.ndarray:
-        ray = np.c_[output_to_visible(geom, uv), np.ones(len(uv))] @ np.linalg.inv(geom.K_v).T
-        X_l = ray @ R if math.isinf(z) else (ray * z - t) @ R  # R^T (X_v - t); at infinity the direction only
-        pl = X_l @ np.asarray(geom.K_l, np.float64).T
-        return visible_to_output(geom, apply_h(geom.H, pl[:, :2] / pl[:, 2:3])) - uv
+    def displacement(z: float) -> np.ndarray:  # output px
+        return visible_to_output(geom, pv + parallax_displacement(geom.K_v, geom.K_l, R, t, geom.H, pv, z)) - pts
 
-    W, Hh = geom.output_size
-    pts = np.array([[(W - 1) / 2, (Hh - 1) / 2], [0, 0], [W - 1, 0], [W - 1, Hh - 1], [0, Hh - 1]], np.float64)
-    near, inf = displacement(pts, 2.0), displacement(pts, math.inf)
+    near, inf = displacement(2.0), displacement(math.inf)
     dirs = near - inf  # a nearer object minus the farthest: along the epipolar line, whatever the plane
     norms = np.linalg.norm(dirs, axis=1)
     if norms[0] < 1e-9:
@@ -157,9 +154,9 @@ class FarStructure:
 
 
 def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], max_shift: float,
-              valid: np.ndarray | None = None, *, block: int = 16, step: float = 0.5, reduce: int = 1,
-              quantile: float = 0.1, cluster: float = 1.0, min_blocks: int = 12, min_peak: float = 0.5,
-              min_contrast: float = 0.15, contrast_px: float = 2.0) -> FarStructure:
+              valid: np.ndarray | None = None, *, block: int = 16, step: float = 0.5, quantile: float = 0.1,
+              cluster: float = 1.0, min_blocks: int = 12, min_peak: float = 0.5, min_contrast: float = 0.15,
+              contrast_px: float = 2.0) -> FarStructure:
     """Per-block 1-D search of the shift along ``direction`` that best aligns ``Fw`` to ``Fv``.
 
     Args:
@@ -168,8 +165,6 @@ def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], ma
         max_shift: search range ``[-max_shift, max_shift]`` (px).
         valid: optional ``(h, w)`` bool of pixels that hold data in both images.
         block: block side (px); step: search step (px), refined by a parabola through the peak.
-        reduce: the search runs on both fields box-reduced by this factor (the shift is a low-order quantity:
-            a reduced field locates a block's edges to a tenth of a pixel, at a small fraction of the cost).
         quantile: the far end of the block shifts (far content has the smallest shift along ``direction``).
         cluster: the far layer is the blocks within this many px above that quantile; its median is the result
             (unbiased where the whole scene is far, where the quantile alone would sit in the noise's tail).
@@ -182,20 +177,6 @@ def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], ma
     correlation along the baseline, which, unlike a plain correlation of the two fields, does not change
     with the scene's depths.
     """
-    q = max(1, int(reduce))
-    if q > 1:
-        h0, w0 = Fv.shape[:2]
-        size = (max(1, w0 // q), max(1, h0 // q))
-        Fv = cv2.resize(np.ascontiguousarray(Fv[:size[1] * q, :size[0] * q]), size, interpolation=cv2.INTER_AREA)
-        Fw = cv2.resize(np.ascontiguousarray(Fw[:size[1] * q, :size[0] * q]), size, interpolation=cv2.INTER_AREA)
-        if valid is not None:
-            valid = cv2.resize(np.asarray(valid[:size[1] * q, :size[0] * q], np.float32), size,
-                               interpolation=cv2.INTER_AREA) > 0.999
-        r = far_shift(Fv, Fw, direction, max_shift / q, valid, block=max(2, block // q), step=step / q, reduce=1,
-                      quantile=quantile, cluster=cluster / q, min_blocks=min_blocks, min_peak=min_peak,
-                      min_contrast=min_contrast, contrast_px=contrast_px / q)
-        scale = lambda x: None if x is None else x * q  # noqa: E731
-        return FarStructure(scale(r.shift), r.blocks, scale(r.median), r.agreement)
     Fv = np.ascontiguousarray(Fv, np.float32)
     Fw = np.ascontiguousarray(Fw, np.float32)
     h, w = Fv.shape[:2]

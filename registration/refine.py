@@ -80,10 +80,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import cv2
 import numpy as np
 
+from rig.registration.geometry import centre_and_corners
 from rig.registration.parallax import FarStructure, eliminate_along, far_shift, observable_basis
 
 __all__ = [
@@ -184,11 +186,6 @@ class RefineResult:
 
 
 # --------------------------------------------------------------------------- corrections in pixels
-def _corner_points(size: tuple[int, int]) -> np.ndarray:
-    w, h = size
-    return np.array([[(w - 1) / 2, (h - 1) / 2], [0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
-
-
 def _apply(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
     p = pts @ H[:2, :2].T + H[:2, 2]
     z = pts @ H[2, :2] + H[2, 2]
@@ -211,7 +208,7 @@ def correction_px(H: np.ndarray, size: tuple[int, int]) -> Correction:
         ((2.0, -1.0), 2.23606797749979)
     """
     H = np.asarray(H, np.float64)
-    pts = _corner_points(size)
+    pts = centre_and_corners(size)
     d = _apply(H, pts) - pts
     A = H[:2, :2] / H[2, 2]
     rot = math.degrees(math.atan2(A[1, 0] - A[0, 1], A[0, 0] + A[1, 1]))
@@ -304,6 +301,13 @@ def _sample_features(F: np.ndarray, A: np.ndarray, pts: np.ndarray, size: tuple[
         Rm = np.array([[c, -s], [s, c]], np.float32)
         Fw = np.concatenate([Fw[:, j:j + 2] @ Rm for j in range(0, Fw.shape[1], 2)], axis=1)
     return Fw, ok
+
+
+def _warp_features(F: np.ndarray, A: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The whole ``F`` warped onto the template grid by ``A`` (see :func:`_sample_features`), ``(h, w, C)``."""
+    w, h = size
+    ys, xs = np.mgrid[0:h, 0:w]
+    return _sample_features(F, A, np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32), size)[0].reshape(h, w, -1)
 
 
 def _quantile(x: np.ndarray, q: float) -> float:
@@ -542,17 +546,11 @@ def refine_alignment(
             break
         if k == 0 and d_l is not None:
             # The shift along the baseline, hidden from the estimate above, from the farthest structure.
-            Fw_full = cv2.warpAffine(Fi, A[:2].astype(np.float32), (w_l, h_l),
-                                     flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
-            r_a = _rotation_of(A)
-            if abs(r_a) > 1e-9:
-                c2, s2 = math.cos(2 * r_a), math.sin(2 * r_a)
-                Fw_full = Fw_full @ np.array([[c2, -s2], [s2, c2]], np.float32)
             reach = min(max_shift_px * sx, 0.25 * min(w_l, h_l))
-            far = far_shift(Fv, Fw_full, d_l, max_shift=reach, valid=inner)
-            # Agreement up to parallax at identity (the plain correlation would reward the depth mix).
-            def far_identity(Fv=Fv, Fi=Fi, d_l=d_l, reach=reach, inner=inner) -> float:
-                return far_shift(Fv, Fi, d_l, max_shift=reach, valid=inner).agreement
+            far = far_shift(Fv, _warp_features(Fi, A, (w_l, h_l)), d_l, reach, inner)
+            # Agreement up to parallax at identity (the plain correlation would reward the depth mix); computed
+            # only if the agreement-gain check needs it.
+            far_identity = partial(far_shift, Fv, Fi, d_l, reach, inner)
             if far.shift is not None:
                 delta = far.shift - far_px * sx
                 T = np.eye(3)
@@ -592,7 +590,8 @@ def refine_alignment(
     est /= est[2, 2]
     corr = correction_px(est, size)
     if stats and stats["agreement_identity"] is None:  # only the agreement-gain check below needs it
-        stats["agreement_identity"] = stats.pop("identity_agreement")() if corr.max_px > free_px else float("nan")
+        stats["agreement_identity"] = (stats.pop("identity_agreement")().agreement if corr.max_px > free_px
+                                       else float("nan"))
     work_size = pyr[0][0].shape[::-1]
     kw = dict(iterations=iterations, work_size=work_size)
     if far is not None:

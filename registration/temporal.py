@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rig.registration.refine import _TUKEY_C, _corner_points, _tukey
+from rig.registration.geometry import centre_and_corners
+from rig.registration.refine import _TUKEY_C, _tukey
 
 __all__ = ["DriftReport", "detect_drift", "smooth_corrections"]
 
@@ -42,7 +43,7 @@ class DriftReport:
 
 def _displacements(H: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``(N, 5, 2)`` displacements of the centre and corners under each of ``H (N, 3, 3)``."""
-    pts = _corner_points(size)
+    pts = centre_and_corners(size)
     p = np.einsum("nij,kj->nki", H[:, :2, :2], pts) + H[:, None, :2, 2]
     z = np.einsum("nj,kj->nk", H[:, 2, :2], pts) + H[:, None, 2, 2]
     return p / z[..., None] - pts
@@ -50,7 +51,7 @@ def _displacements(H: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _affine_from_displacements(d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Least-squares affine ``(N, 3, 3)`` moving the centre and corners by ``d (N, 5, 2)``."""
-    pts = _corner_points(size)
+    pts = centre_and_corners(size)
     X = np.c_[pts, np.ones(len(pts))]  # (5, 3)
     pinv = np.linalg.pinv(X)  # (3, 5)
     M = np.einsum("jk,nkc->njc", pinv, pts[None] + d)  # (N, 3, 2): X @ M = target
@@ -65,6 +66,16 @@ def _as_stack(H) -> np.ndarray:
     if H.ndim != 3 or H.shape[1:] != (3, 3):
         raise ValueError(f"expected a sequence of 3x3 corrections, got shape {H.shape}")
     return H / H[:, 2:3, 2:3]
+
+
+def _track(H, accepted, times) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated ``(corrections (N, 3, 3), accepted (N,) bool, times (N,))`` of a drive."""
+    Hs = _as_stack(H)
+    n = len(Hs)
+    acc = np.asarray(accepted, bool)
+    if acc.shape != (n,):
+        raise ValueError(f"accepted has shape {acc.shape}, expected ({n},)")
+    return Hs, acc, _times(times, n)
 
 
 def _times(times, n: int) -> np.ndarray:
@@ -114,12 +125,8 @@ def smooth_corrections(
         >>> Hs = smooth_corrections([r.H for r in results], [r.accepted for r in results], size=(800, 600),
         ...                         confidence=[r.confidence for r in results])
     """
-    Hs = _as_stack(H)
+    Hs, acc, t = _track(H, accepted, times)
     n = len(Hs)
-    acc = np.asarray(accepted, bool)
-    if acc.shape != (n,):
-        raise ValueError(f"accepted has shape {acc.shape}, expected ({n},)")
-    t = _times(times, n)
     conf = np.ones(n) if confidence is None else np.clip(np.asarray(confidence, np.float64), 0.0, 1.0)
     if conf.shape != (n,):
         raise ValueError(f"confidence has shape {conf.shape}, expected ({n},)")
@@ -237,12 +244,8 @@ def detect_drift(
     Returns:
         :class:`DriftReport`.
     """
-    Hs = _as_stack(H)
+    Hs, acc, t = _track(H, accepted, times)
     n = len(Hs)
-    acc = np.asarray(accepted, bool)
-    if acc.shape != (n,):
-        raise ValueError(f"accepted has shape {acc.shape}, expected ({n},)")
-    t = _times(times, n)
     idx = np.flatnonzero(acc)
     if idx.size < min_frames:
         return DriftReport(False, 0.0, 0.0, 0.0, int(idx.size), f"too few accepted frames ({idx.size}) to judge drift")
