@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import struct
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -83,7 +82,7 @@ def test_a_failed_poll_flags_frames_until_the_state_is_known_again():
 
 def test_control_loop_never_runs_on_the_callers_thread_and_reports_a_lost_channel():
     threads, ffcs = set(), []
-    release = threading.Event()
+    release, ran, lost = threading.Event(), threading.Event(), threading.Event()
 
     def poll():
         threads.add(threading.current_thread().name)
@@ -95,19 +94,22 @@ def test_control_loop_never_runs_on_the_callers_thread_and_reports_a_lost_channe
         threads.add(threading.current_thread().name)
         release.wait(5)  # a slow serial command: held until the caller has returned
         ffcs.append(1)
+        ran.set()
 
-    loop = ControlLoop("lwir", FfcWindows(), poll, run, lambda: 31.5, poll_s=0.01, busy_poll_s=0.01, lost_after=3)
+    def on_poll(status):
+        if status.lost:
+            lost.set()
+
+    loop = ControlLoop("lwir", FfcWindows(), poll, run, lambda: 31.5, poll_s=0.01, busy_poll_s=0.01, lost_after=3,
+                       on_poll=on_poll)
     loop.start()
     try:
         loop.request_ffc()
         assert not ffcs  # returned while the command is still held: the caller never waits on the serial line
         release.set()
-        deadline = time.monotonic() + 30  # a bound on the wait, not a speed requirement
-        while len(ffcs) < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert ran.wait(30)  # the loop's own thread ran the command (the bound only stops a hung test)
         loop.request_ffc()
-        while not loop.status.lost and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert lost.wait(30)  # reported by the loop once three polls in a row failed
     finally:
         loop.stop()
     assert threads == {"control-lwir"}
