@@ -52,8 +52,10 @@ def run(args: argparse.Namespace, fuse: bool) -> int:
     from rig.registration.pipeline import RegisterOptions, register_session
     from rig.terminal import progress as progress_bar
 
-    if args.refine_every < 0 or not args.refine_rate > 0:
-        raise RigError(f"--refine-every must be >= 0 and --refine-rate > 0, got {args.refine_every} and {args.refine_rate:g}")
+    if args.refine_every < 0:
+        raise RigError(f"--refine-every must be >= 0 (0: use --refine-rate), got {args.refine_every}")
+    if not args.refine_rate > 0:
+        raise RigError(f"--refine-rate must be > 0 (estimates per second of drive), got {args.refine_rate:g}")
     refine = RefineSettings(every=args.refine_every, rate_hz=args.refine_rate) if args.refine else None
     options = RegisterOptions(refine=refine,
                               out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,

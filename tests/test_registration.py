@@ -679,3 +679,14 @@ def test_no_segmentation_fuses_with_the_model_but_never_runs_the_seg_head(record
     manifest = yaml.safe_load((out / "manifest.yaml").read_text())
     assert manifest["labels"] is None and manifest["identity"]["segmentation"] is False and manifest["fusion"] == "segmif"
     assert (out / "contact_sheet.html").exists()
+
+
+def test_bad_refine_options_are_one_line_naming_the_option(recorded, tmp_path, capsys):
+    from rig.cli import main
+
+    for args, message in ((["--refine-rate", "0"], "error: --refine-rate must be > 0 (estimates per second of drive), got 0\n"),
+                          (["--refine-every", "-2"], "error: --refine-every must be >= 0 (0: use --refine-rate), got -2\n")):
+        out = tmp_path / "out"
+        assert main(["register", str(recorded), "--out", str(out), "--refine", *args]) == 2
+        assert capsys.readouterr().err == message
+        assert not out.exists()
