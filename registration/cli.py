@@ -6,6 +6,10 @@ import argparse
 from pathlib import Path
 
 
+# rig.registration.refine.MODELS, spelt out so that building the parser imports no OpenCV (tested equal).
+REFINE_MODELS = ("similarity", "rigid", "rotation", "affine")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("session", type=Path, help="recorded session directory")
     p.add_argument("--calibration", type=Path, help="calibration.yaml (default: the session's, then the rig's)")
@@ -22,6 +26,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine-every", type=int, default=0, metavar="K",
                    help="with --refine: estimate every K-th registered pair instead of --refine-rate (default 0: "
                         "use the rate)")
+    p.add_argument("--refine-model", choices=REFINE_MODELS, default="rotation",
+                   help="with --refine: the correction's warp; rotation (default): a turn of the LWIR camera about its "
+                        "centre (flex, vibration, a bumped mount; keystone included); similarity or affine also for a "
+                        "lens that zooms or refocuses; rigid: shift and roll")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +64,8 @@ def run(args: argparse.Namespace, fuse: bool) -> int:
         raise RigError(f"--refine-every must be >= 0 (0: use --refine-rate), got {args.refine_every}")
     if not args.refine_rate > 0:
         raise RigError(f"--refine-rate must be > 0 (estimates per second of drive), got {args.refine_rate:g}")
-    refine = RefineSettings(every=args.refine_every, rate_hz=args.refine_rate) if args.refine else None
+    refine = (RefineSettings(every=args.refine_every, rate_hz=args.refine_rate, model=args.refine_model)
+              if args.refine else None)
     options = RegisterOptions(refine=refine,
                               out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,
                               force=args.force, fuse=fuse, device=getattr(args, "device", "cpu"),

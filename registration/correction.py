@@ -16,23 +16,37 @@ Design (two passes, one interpolation per output pixel):
    ``T o C^-1``, evaluated by sampling ``T`` (computed once on a grid with a margin, so ``C^-1 u``
    may leave the output) at ``C^-1 u``. ``Infrared16/`` stays nearest-neighbour on that table.
 
-Why relative to the drive's start (``reference="start"``, the default): the two cameras are a
-stereo pair (13 cm apart on the sim rig), and the homography is exact only on the working plane;
+The model (``model="rotation"``, the default): what moves a rig's cameras relative to each other is
+rotation (a mount flexing, vibrating, warming, bumped; a millimetre of translation is nothing at
+15 m), and a turn of the LWIR camera about its centre moves its registered image by exactly
+``G dR G^-1``, ``G`` the LWIR camera as the output shows it
+(:func:`~rig.registration.geometry.lwir_camera_in_output`). Three parameters, and the keystone of
+tilt and pan comes with them: a similarity cannot express it (its best fit leaves 1.1 px at the
+corners of the sim rig's output for a turn of 0.15 deg, -0.2 deg, 0.6 deg), and its free scale only adds
+noise. ``"similarity"``, ``"rigid"`` or ``"affine"`` for rigs whose lens zooms or refocuses.
+
+Why partly relative to the drive's start (``reference="along"``, the default): the two cameras are
+a stereo pair (13 cm apart on the sim rig), and the homography is exact only on the working plane;
 everything nearer or farther is displaced along the epipolar direction by its parallax (7.6 px at
-infinity, 15 px at 5 m on the sim rig). A single pair cannot tell that displacement from a
-miscalibration, so an absolute estimate on a perfectly calibrated rig is the content's mean
-parallax (about 2.5 px on sim streets), not zero. What a pair *can* measure well is how the
-correction *changes*: drift and vibration move every depth alike, while a street's depth mix
-changes slowly. So the correction applied is the smoothed trend relative to its value at the first
-accepted estimate (the local linear fit there, so a drift already under way is not absorbed): the
-calibration is trusted at the drive's start.
+infinity, 15 px at 5 m on the sim rig). Across that direction parallax moves nothing, so tilt, roll
+and the shift across the baseline are measured absolutely (a calibration error there is corrected
+too). Along it, a single pair cannot tell a displacement from a change of depth; the farthest
+structure gives the shift (:mod:`rig.registration.parallax`), but where that structure lies (at
+50 m or at 500 m) is the scene's, so its absolute value is not zero on a calibrated rig. What it
+*can* tell is how that shift *changes*: drift moves every depth alike, while a street's depth
+changes slowly. So the along-baseline part of the correction is taken relative to its trend at the
+first accepted estimate (:func:`~rig.registration.refine.along_baseline_part`; the local linear fit
+there, so a drift already under way is not absorbed): along the baseline the calibration is trusted
+at the drive's start. ``reference="start"`` takes all of the correction relative to the start (what
+it was before: the start estimate's own scatter across the baseline then offsets the whole drive),
+``"absolute"`` none of it (for rigs whose baseline is negligible at the scene's depths). Without
+extrinsics every displacement is ambiguous and ``"along"`` means ``"start"``.
 
 Apply only if significant: the content's changing parallax and one-modality structure make single
 estimates scatter about the trend (robust scatter ``s``, measured on the drive itself). A correction
 smaller than ``significance * s`` (2 s by default, about a 95 % two-sided band of one estimate) cannot
 be told from that scatter and is not applied; from ``2 x`` that on it is applied in full, and
-continuously in between, so no frame jumps. A static rig is therefore left exactly as calibrated. ``reference="absolute"`` applies the measurement as
-it is (for rigs whose baseline is negligible at the scene's depths).
+continuously in between, so no frame jumps. A static rig is therefore left exactly as calibrated.
 
 Everything here but :func:`estimate_track` (which reads the session) is a pure function.
 """
@@ -49,10 +63,12 @@ import numpy as np
 
 from rig.errors import RigError
 from rig.pixfmt import to_gray8
-from rig.registration.geometry import RegistrationGeometry, RemapTables, output_to_raw_lwir, remap_tables
+from rig.registration.geometry import (RegistrationGeometry, RemapTables, lwir_camera_in_output, output_to_raw_lwir,
+                                       remap_tables)
 from rig.registration.parallax import BaselineParallax
-from rig.registration.refine import Correction, RefineResult, correction_px, refine_alignment
-from rig.registration.temporal import (DriftReport, _affine_from_displacements, _displacements, detect_drift,
+from rig.registration.refine import (MODELS, Correction, RefineResult, along_baseline_part, correction_px,
+                                     refine_alignment)
+from rig.registration.temporal import (DriftReport, _from_displacements, _displacements, detect_drift,
                                        smooth_corrections)
 from rig.registration.resample import Resampler, resample
 
@@ -67,22 +83,25 @@ class RefineSettings:
     sigma_s: float = 1.0  # temporal smoothing kernel, seconds
     max_shift_px: float = 24.0  # bound of the correction, output px
     margin_px: int = 32  # extension of the LWIR table beyond the output (>= max_shift_px)
-    reference: str = "start"  # "start": corrections relative to the drive's start; "absolute": as measured
+    reference: str = "along"  # "along": the along-baseline part relative to the drive's start; "start": all; "absolute"
     significance: float = 2.0  # apply corrections from this many times a single estimate's scatter (0: always)
     parallax: str = "baseline"  # "baseline": keep the baseline's parallax out of the estimate (needs extrinsics); "none"
+    model: str = "rotation"  # the correction's warp (refine_alignment's model): a turn of the LWIR camera
 
     def __post_init__(self) -> None:
-        if self.reference not in ("start", "absolute"):
-            raise RigError(f"refine reference must be 'start' or 'absolute', got '{self.reference}'")
+        if self.reference not in ("start", "along", "absolute"):
+            raise RigError(f"refine reference must be 'start', 'along' or 'absolute', got '{self.reference}'")
         if self.parallax not in ("baseline", "none"):
             raise RigError(f"refine parallax must be 'baseline' or 'none', got '{self.parallax}'")
+        if self.model not in MODELS:
+            raise RigError(f"refine model must be one of {', '.join(MODELS)}, got '{self.model}'")
         if self.every < 0 or self.sigma_s <= 0 or (self.every == 0 and not self.rate_hz > 0):
             raise RigError("refine: every must be >= 0, rate_hz > 0 (when every is 0) and sigma_s > 0")
 
     def identity(self) -> dict:
         return {"rate_hz": self.rate_hz, "every": self.every, "work_size": list(self.work_size), "sigma_s": self.sigma_s,
                 "max_shift_px": self.max_shift_px, "reference": self.reference, "significance": self.significance,
-                "parallax": self.parallax}
+                "parallax": self.parallax, "model": self.model}
 
 
 @dataclass(frozen=True)
@@ -188,6 +207,7 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
         times = np.maximum.accumulate(times)
     picks = pick_estimates(times, settings)
     lo, hi = ir_range
+    camera = level_transform(low.scale) @ lwir_camera_in_output(geom) if settings.model == "rotation" else None
 
     def one(k: int) -> tuple[int, RefineResult | None]:
         t0 = time.perf_counter()
@@ -197,9 +217,9 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
         except RigError:
             return k, None
         vis, ir8 = low.register(raw_v, job.pair.a.pixel_format, raw_l, lo, hi)
-        r = refine_alignment(vis, ir8, max_shift_px=settings.max_shift_px * low.scale,
+        r = refine_alignment(vis, ir8, max_shift_px=settings.max_shift_px * low.scale, model=settings.model,
                              parallax_dir=None if parallax is None else parallax.direction,
-                             far_px=0.0 if parallax is None else parallax.infinity_px * low.scale)
+                             far_px=0.0 if parallax is None else parallax.infinity_px * low.scale, camera=camera)
         r = dataclasses.replace(r, H=to_output_px(r.H, low.scale), estimate=to_output_px(r.estimate, low.scale),
                                 correction=correction_px(to_output_px(r.estimate, low.scale), geom.output_size))
         if clock is not None:
@@ -216,9 +236,13 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
     size = geom.output_size
     smoothed = smooth_corrections(H, acc, size=size, times=times, confidence=conf, sigma=settings.sigma_s) if n else H
     noise_px = estimate_scatter(H, smoothed, acc, size)
-    if settings.reference == "start" and acc.any():
+    if settings.reference in ("start", "along") and acc.any():
         # The trend's value at the first accepted estimate is the calibrated state (see the module docstring).
-        smoothed = smoothed @ np.linalg.inv(smoothed[int(np.flatnonzero(acc)[0])])
+        ref = smoothed[int(np.flatnonzero(acc)[0])]
+        if settings.reference == "along" and parallax is not None:
+            ref = along_baseline_part(ref, size, settings.model, parallax.direction,
+                                      lwir_camera_in_output(geom) if settings.model == "rotation" else None)
+        smoothed = smoothed @ np.linalg.inv(ref)
         smoothed /= smoothed[:, 2:3, 2:3]
     tau = settings.significance * noise_px
     smoothed = significance_gate(smoothed, size, tau)
@@ -264,7 +288,7 @@ def significance_gate(H: np.ndarray, size: tuple[int, int], tau: float) -> np.nd
     d = _displacements(H, size)
     m = np.hypot(d[..., 0], d[..., 1]).max(axis=1)
     gain = np.clip(m / tau - 1.0, 0.0, 1.0)
-    return _affine_from_displacements(d * gain[:, None, None], size)
+    return _from_displacements(d * gain[:, None, None], size)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,21 @@ def visible_to_output(geom: RegistrationGeometry, p: np.ndarray) -> np.ndarray:
     return np.stack([(p[..., 0] + 0.5 - x) * W / w - 0.5, (p[..., 1] + 0.5 - y) * Hh / h - 0.5], axis=-1)
 
 
+def visible_to_output_matrix(geom: RegistrationGeometry) -> np.ndarray:
+    """:func:`visible_to_output` as a 3x3 matrix (undistorted visible px -> output px)."""
+    x, y, w, h = geom.crop
+    sx, sy = geom.output_size[0] / w, geom.output_size[1] / h
+    return np.array([[sx, 0, (0.5 - x) * sx - 0.5], [0, sy, (0.5 - y) * sy - 0.5], [0, 0, 1.0]])
+
+
+def lwir_camera_in_output(geom: RegistrationGeometry) -> np.ndarray:
+    """The LWIR camera as the output shows it: ``3x3`` from a normalised LWIR ray ``(x/z, y/z, 1)`` to output px.
+
+    A turn ``dR`` of the LWIR camera about its centre moves its registered image by ``G dR G^-1`` with this ``G``,
+    exactly (undistortion and the homography are in the registration's tables)."""
+    return visible_to_output_matrix(geom) @ np.asarray(geom.H, np.float64) @ np.asarray(geom.K_l, np.float64)
+
+
 def output_to_raw_visible(geom: RegistrationGeometry, uv: np.ndarray) -> np.ndarray:
     """Output px ``(..., 2)`` -> raw (distorted) visible px."""
     return distort_pixels(output_to_visible(geom, uv), geom.K_v, geom.dist_v)

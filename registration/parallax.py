@@ -98,22 +98,25 @@ def baseline_parallax(geom: RegistrationGeometry, R: np.ndarray, t: np.ndarray) 
 def observable_basis(model: str, direction: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
     """Orthonormal bases ``(Q, Q_shift)`` of the warp parameters a pair can measure.
 
-    Parameters are those of :func:`rig.registration.refine.refine_alignment` (similarity:
-    ``tx, ty, a, b``; affine: ``tx, ty, a11, a12, a21, a22``, in px at the corners). Without a
-    direction every parameter is measurable (identity bases). With one, a displacement field that
-    points along ``direction`` everywhere is indistinguishable from parallax: the shift along it
-    (similarity), and also its gradient (affine: the whole along-baseline row).
+    Parameters are those of :func:`rig.registration.refine.refine_alignment`, in px at the corners:
+    similarity and rigid ``tx, ty, a, b`` (rigid holds the scale ``a`` at zero), rotation ``tx, ty, b``
+    (the camera turns that shift the centre, and the roll), affine ``tx, ty, a11, a12, a21, a22``.
+    Without a direction every free parameter is measurable. With one, a displacement field that points
+    along ``direction`` everywhere is indistinguishable from parallax: the shift along it (similarity,
+    rigid, rotation), and also its gradient (affine: the whole along-baseline row).
     """
-    n_p = 4 if model == "similarity" else 6
+    n_p = {"affine": 6, "rotation": 3}.get(model, 4)
+    fixed = [np.array([0, 0, 1.0, 0])] if model == "rigid" else []
+    free = [k for k in range(n_p) if not (model == "rigid" and k == 2)]
     if direction is None:
-        return np.eye(n_p), np.eye(n_p)[:, :2]
+        return np.eye(n_p)[:, free], np.eye(n_p)[:, :2]
     d0, d1 = direction
-    hidden = [np.r_[d0, d1, np.zeros(n_p - 2)]]
+    hidden = fixed + [np.r_[d0, d1, np.zeros(n_p - 2)]]
     if n_p == 6:
         hidden += [np.array([0, 0, d0, 0, d1, 0.0]), np.array([0, 0, 0, d0, 0, d1])]
     U, _, _ = np.linalg.svd(np.array(hidden).T, full_matrices=True)
     Q = U[:, len(hidden):]
-    Q_shift = np.array([[-d1], [d0]] + [[0.0]] * (n_p - 2))  # the shift across the baseline
+    Q_shift = np.r_[-d1, d0, np.zeros(n_p - 2)][:, None]  # the shift across the baseline
     return Q, Q_shift
 
 

@@ -3,9 +3,11 @@
 A calibrated homography is exact on one plane and only while the rig does not
 move; vibration, warm-up and a bumped mount leave a residual misalignment of a
 few pixels and a fraction of a degree. :func:`refine_alignment` measures that
-residual on the registered pair itself (no target) as a small similarity or
-affine correction ``H`` (LWIR px -> visible px), and refuses rather than
-guesses when the pair cannot tell. :func:`correction_px`,
+residual on the registered pair itself (no target) as a small correction ``H``
+(LWIR px -> visible px): a similarity, a rigid motion, an affine map, or the
+image of a turn of the LWIR camera about its centre (``model="rotation"``, the
+physics of a flexing or bumped rig, keystone included), and refuses rather
+than guesses when the pair cannot tell. :func:`correction_px`,
 :func:`rig.registration.temporal.smooth_corrections` and
 :func:`~rig.registration.temporal.detect_drift` are what a drive needs
 around it: a correction in pixels at the output centre and corners, temporal
@@ -34,7 +36,7 @@ gives the cost a smooth basin. Under a rotation by ``r`` the doubled-angle
 vector turns by ``2 r``; the warped LWIR field is rotated back accordingly, so
 the features of a rotated image equal the rotated features.
 
-*Estimation.* Lucas-Kanade on the similarity (4) or affine (6) parameters with
+*Estimation.* Lucas-Kanade on the similarity (4), rigid (3), rotation (3) or affine (6) parameters with
 the ESM Jacobian (Benhimane & Malis 2004: the mean of the visible template's
 and the warped LWIR field's gradients - plain inverse-compositional steps
 shrink where the two modalities' features differ in strength), coarse to fine
@@ -89,10 +91,10 @@ from rig.registration.geometry import centre_and_corners
 from rig.registration.parallax import FarStructure, eliminate_along, far_shift, observable_basis
 
 __all__ = [
-    "MODELS", "Correction", "RefineResult", "correction_px", "grid_error_px", "refine_alignment",
+    "MODELS", "Correction", "RefineResult", "along_baseline_part", "correction_px", "grid_error_px", "refine_alignment",
 ]
 
-MODELS = ("similarity", "affine")
+MODELS = ("similarity", "rigid", "rotation", "affine")
 
 # Feature constants (in pixels of the working level).
 _PRE_SIGMA = 0.8  # blur before the gradient
@@ -141,7 +143,7 @@ class RefineResult:
         reason: why it was refused; ``""`` when accepted.
         estimate: ``(3, 3)`` the raw estimate, also when refused (diagnostics; identity if none was made).
         correction: :class:`Correction` of ``estimate`` at this image size.
-        model: ``"similarity"`` or ``"affine"``.
+        model: ``"similarity"``, ``"rigid"`` or ``"affine"``.
         iterations: Gauss-Newton steps over all pyramid levels.
         structure_fraction: share of the evaluated pixels with structure in both images (after alignment).
         inlier_fraction: share of the structured pixels with non-zero robust weight at the solution.
@@ -216,6 +218,31 @@ def correction_px(H: np.ndarray, size: tuple[int, int]) -> Correction:
     return Correction((float(d[0, 0]), float(d[0, 1])), d[1:].copy(), float(np.hypot(d[:, 0], d[:, 1]).max()), rot, scale)
 
 
+def along_baseline_part(H: np.ndarray, size: tuple[int, int], model: str, direction: tuple[float, float],
+                        camera: np.ndarray | None = None) -> np.ndarray:
+    """The part of a correction that a single pair cannot tell from parallax: its shift along the baseline.
+
+    ``H`` (``size = (w, h)`` px) is written in ``model``'s parameters (least squares on its centre and corner
+    displacements); the result is the warp of the shift component along ``direction`` alone (for the rotation
+    model, the camera turn that moves the centre along it), identity for a correction across the baseline.
+
+    Args:
+        H: ``(3, 3)`` correction, LWIR px -> visible px.
+        size: ``(w, h)`` of the image it acts on.
+        model: one of :data:`MODELS`.
+        direction: unit ``(dx, dy)`` of the baseline's parallax (:class:`~rig.registration.parallax.BaselineParallax`).
+        camera: ``(3, 3)`` for the rotation model (see :func:`refine_alignment`).
+    """
+    pts = centre_and_corners(size)
+    c, R = (float(pts[0, 0]), float(pts[0, 1])), float(np.hypot(*pts[0]))
+    warp = _Warp.at(model, c, R, None if camera is None else np.asarray(camera, np.float64))
+    Jx, Jy = warp.jacobian(pts[:, 0], pts[:, 1])
+    d = _apply(np.asarray(H, np.float64), pts) - pts
+    theta = np.linalg.lstsq(np.r_[Jx, Jy].astype(np.float64), np.r_[d[:, 0], d[:, 1]], rcond=None)[0]
+    h = np.r_[direction, np.zeros(len(theta) - 2)]
+    return warp.matrix(float(theta @ h) * h)
+
+
 def grid_error_px(H_a: np.ndarray, H_b: np.ndarray, size: tuple[int, int], step: float = 20.0) -> np.ndarray:
     """Distances between where two maps put the points of a ``step``-px grid over a ``size = (w, h)`` image."""
     w, h = size
@@ -257,7 +284,92 @@ def _features(img: np.ndarray, e0: float) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------- warps
 def _n_params(model: str) -> int:
-    return 4 if model == "similarity" else 6
+    """Parameters of a model's warp (rigid is the similarity's with the scale held at zero)."""
+    return {"affine": 6, "rotation": 3}.get(model, 4)
+
+
+def _skew(a: np.ndarray) -> np.ndarray:
+    return np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]], np.float64)
+
+
+def _rodrigues(w: np.ndarray) -> np.ndarray:
+    """Rotation matrix of the rotation vector ``w`` (radians)."""
+    th = float(np.linalg.norm(w))
+    K = _skew(w)
+    if th < 1e-12:
+        return np.eye(3) + K
+    return np.eye(3) + math.sin(th) / th * K + (1 - math.cos(th)) / (th * th) * (K @ K)
+
+
+def _field(E: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First-order displacement of the homography ``I + e E`` at ``(x, y)``, per unit ``e``."""
+    w = E[2, 0] * x + E[2, 1] * y + E[2, 2]
+    return E[0, 0] * x + E[0, 1] * y + E[0, 2] - x * w, E[1, 0] * x + E[1, 1] * y + E[1, 2] - y * w
+
+
+@dataclass(frozen=True)
+class _Warp:
+    """A model's warp update at one pyramid level: ``x -> D(p) x``, parameters in px at radius ``R`` from ``c``.
+
+    Similarity and affine: ``x + t + L (x - c) / R``; rigid: the same with ``L`` an exact rotation by ``b / R``. Rotation: ``G R(W p) G^-1``, the image of a turn of
+    the camera ``G`` (normalised ray -> level px) about its centre; ``W`` maps the parameters to a rotation
+    vector such that ``tx, ty`` move the level's centre by that many px and ``b`` rolls about the centre's ray
+    by ``b`` px at radius ``R`` (the similarity's ``b``). Exact for a camera that turns, keystone included.
+    """
+
+    model: str
+    c: tuple[float, float]
+    R: float
+    G: np.ndarray | None = None
+    W: np.ndarray | None = None
+
+    @classmethod
+    def at(cls, model: str, c: tuple[float, float], R: float, G: np.ndarray | None) -> "_Warp":
+        if model != "rotation":
+            return cls(model, c, R)
+        Gi = np.linalg.inv(G)
+        ray = Gi @ np.array([c[0], c[1], 1.0])
+        ray /= np.linalg.norm(ray) * np.sign(ray[2] if ray[2] != 0 else 1.0)
+        a1 = np.cross(ray, [0.0, 1.0, 0.0] if abs(ray[1]) < 0.9 else [1.0, 0.0, 0.0])
+        a1 /= np.linalg.norm(a1)
+        a2 = np.cross(ray, a1)
+        cx, cy = np.array([c[0]]), np.array([c[1]])
+        M = np.array([np.r_[_field(G @ _skew(a) @ Gi, cx, cy)] for a in (a1, a2)]).T  # (2, 2): axes -> centre shift
+        W = np.empty((3, 3))
+        W[:, :2] = np.stack([a1, a2], 1) @ np.linalg.inv(M)
+        # Roll: about the centre's ray, b px at radius R (measured along x, where the similarity's b moves y by b).
+        roll = _field(G @ _skew(ray) @ Gi, np.array([c[0] + R]), cy)[1][0]
+        W[:, 2] = ray / roll
+        return cls(model, c, R, G, W)
+
+    def jacobian(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(Jx, Jy)``, each ``(N, P)`` float32: the displacement's derivatives by the parameters at identity."""
+        if self.model == "rotation":
+            Gi = np.linalg.inv(self.G)
+            cols = [_field(self.G @ _skew(self.W[:, k]) @ Gi, px.astype(np.float64), py.astype(np.float64))
+                    for k in range(3)]
+            return (np.stack([c[0] for c in cols], 1).astype(np.float32),
+                    np.stack([c[1] for c in cols], 1).astype(np.float32))
+        xn, yn = (px - self.c[0]) / self.R, (py - self.c[1]) / self.R
+        z, o = np.zeros_like(xn), np.ones_like(xn)
+        if self.model == "affine":
+            return np.stack([o, z, xn, yn, z, z], 1), np.stack([z, o, z, z, xn, yn], 1)
+        return np.stack([o, z, xn, -yn], 1), np.stack([z, o, yn, xn], 1)
+
+    def matrix(self, p: np.ndarray) -> np.ndarray:
+        """The 3x3 update ``D(p)``."""
+        if self.model == "rotation":
+            D = self.G @ _rodrigues(self.W @ np.asarray(p, np.float64)) @ np.linalg.inv(self.G)
+            return D / D[2, 2]
+        if self.model == "rigid":  # an exact rotation by b / R (the first-order I + L would scale by 1 + (b/R)^2)
+            tx, ty, _, b = p
+            a = float(b) / self.R
+            L = np.array([[math.cos(a) - 1.0, -math.sin(a)], [math.sin(a), math.cos(a) - 1.0]])
+            M = np.eye(3)
+            M[:2, :2] += L
+            M[:2, 2] = np.array([tx, ty]) - L @ np.asarray(self.c)
+            return M
+        return _param_matrix(p, self.c, self.R)
 
 
 def _param_matrix(p: np.ndarray, c: tuple[float, float], R: float) -> np.ndarray:
@@ -283,11 +395,18 @@ def _rotation_of(A: np.ndarray) -> float:
     return math.atan2(A[1, 0] - A[0, 1], A[0, 0] + A[1, 1])
 
 
+def _map(A: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``A @ pts`` (a homography, ``pts (N, 2)``) as float32 ``(u, v)``."""
+    x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
+    z = A[2, 0] * x + A[2, 1] * y + A[2, 2]
+    return ((A[0, 0] * x + A[0, 1] * y + A[0, 2]) / z).astype(np.float32), \
+        ((A[1, 0] * x + A[1, 1] * y + A[1, 2]) / z).astype(np.float32)
+
+
 def _sample_features(F: np.ndarray, A: np.ndarray, pts: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``F`` sampled at ``A @ pts`` with the doubled angles turned back by ``A``'s rotation, and which were inside."""
     w, h = size
-    u = (A[0, 0] * pts[:, 0] + A[0, 1] * pts[:, 1] + A[0, 2]).astype(np.float32)
-    v = (A[1, 0] * pts[:, 0] + A[1, 1] * pts[:, 1] + A[1, 2]).astype(np.float32)
+    u, v = _map(A, pts)
     n, cols = len(u), 1024  # remap wants maps under 32767 px a side: lay the points out in rows
     rows = -(-n // cols)
     mu, mv = np.zeros(rows * cols, np.float32), np.zeros(rows * cols, np.float32)
@@ -351,6 +470,7 @@ def refine_alignment(
     max_points: int = 4000,
     parallax_dir: tuple[float, float] | None = None,
     far_px: float = 0.0,
+    camera: np.ndarray | None = None,
 ) -> RefineResult:
     """Estimate the residual misalignment of a registered visible/LWIR pair (targetless, cross-modal).
 
@@ -359,7 +479,10 @@ def refine_alignment(
         lwir: ``(h, w)`` uint8 LWIR image of the same pair (any polarity).
         max_shift_px: bound on the correction: largest displacement at the centre or a corner, full-resolution px.
             The search stops there and the result is refused (the bound is never returned as a clamped guess).
-        model: ``"similarity"`` (shift, rotation, scale) or ``"affine"``.
+        model: ``"similarity"`` (shift, rotation, scale), ``"rigid"`` (shift and rotation, no scale),
+            ``"rotation"`` (a turn of one camera about its centre, the physics of a rig's flex, vibration and a
+            bumped mount: three parameters, the keystone of tilt and pan included; needs ``camera``) or
+            ``"affine"``.
         mask: optional ``(h, w)`` bool, pixels where both images hold data (e.g. the LWIR coverage of the output).
         work_px: long side of the finest working level (the pair is reduced to it first; no upsampling).
         levels: pyramid levels (each halves the resolution).
@@ -379,12 +502,14 @@ def refine_alignment(
             (:mod:`rig.registration.parallax`). ``None``: every displacement counts (a rig without a baseline).
         far_px: with ``parallax_dir``, where the farthest structure lies along it on a calibrated rig (the
             registration's infinity parallax, px of the pair; negative for a homography at a finite plane).
+        camera: ``(3, 3)`` for ``model="rotation"``: the camera that turns, as the registered pair shows it
+            (normalised ray -> pair px; e.g. the registration's output-from-LWIR map times the LWIR camera matrix).
 
     Returns:
         :class:`RefineResult`; ``.H`` is the correction to apply (LWIR px -> visible px), identity when refused.
 
     Raises:
-        ValueError: on images of different sizes, non-2D images or an unknown ``model``.
+        ValueError: on images of different sizes, non-2D images, an unknown ``model`` or a rotation without ``camera``.
 
     Example:
         >>> r = refine_alignment(vis_grey, lwir8, max_shift_px=20)
@@ -392,6 +517,12 @@ def refine_alignment(
     """
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got '{model}'")
+    if model == "rotation":
+        camera = None if camera is None else np.asarray(camera, np.float64)
+        if camera is None or camera.shape != (3, 3) or not np.all(np.isfinite(camera)) or abs(np.linalg.det(camera)) < 1e-12:
+            raise ValueError("model 'rotation' needs camera: the turning camera's invertible 3x3 matrix in px of the pair")
+    else:
+        camera = None
     visible, lwir = np.asarray(visible), np.asarray(lwir)
     if visible.ndim != 2 or lwir.ndim != 2:
         raise ValueError(f"expected 2D grey images, got shapes {visible.shape} and {lwir.shape}")
@@ -450,6 +581,7 @@ def refine_alignment(
             d_l = tuple(dl / np.linalg.norm(dl))
         cx, cy = (w_l - 1) / 2, (h_l - 1) / 2
         Rl = math.hypot(cx, cy)
+        warp = _Warp.at(model, (cx, cy), Rl, None if camera is None else S @ camera)
         pad = max(2.0, margin_px * sx) + 3.0 * _FEAT_SIGMA
         p0 = int(math.ceil(pad))
         inner = np.zeros((h_l, w_l), bool)
@@ -472,13 +604,8 @@ def refine_alignment(
         if sel_idx.size > max_points:
             sel_idx = sel_idx[np.round(np.linspace(0, sel_idx.size - 1, max_points)).astype(np.int64)]
         px, py = (sel_idx % w_l).astype(np.float32), (sel_idx // w_l).astype(np.float32)
-        xn, yn = (px - cx) / Rl, (py - cy) / Rl
         gx_, gy_ = dFx.reshape(-1, 2)[sel_idx], dFy.reshape(-1, 2)[sel_idx]  # (N, 2)
-        z, o = np.zeros_like(xn), np.ones_like(xn)
-        if n_p == 4:
-            Jx, Jy = np.stack([o, z, xn, -yn], 1), np.stack([z, o, yn, xn], 1)
-        else:
-            Jx, Jy = np.stack([o, z, xn, yn, z, z], 1), np.stack([z, o, z, z, xn, yn], 1)
+        Jx, Jy = warp.jacobian(px, py)
         Tv = Fv.reshape(-1, 2)[sel_idx]
         sel_struct = struct_v.ravel()[sel_idx]
         # ESM (Benhimane & Malis 2004): the Jacobian is the mean of the template's and the warped image's gradients,
@@ -522,7 +649,7 @@ def refine_alignment(
             except np.linalg.LinAlgError:
                 return refuse("ill-conditioned (no structure constrains the warp)", iterations=iterations,
                               work_size=pyr[0][0].shape[::-1])
-            D = _param_matrix(dp, (cx, cy), Rl)
+            D = warp.matrix(dp)
             A = A @ D
             A_full = Sinv @ A @ S
             step = float(np.abs(dp[:2]).max() + np.abs(dp[2:]).max())
@@ -553,9 +680,7 @@ def refine_alignment(
             far_identity = partial(far_shift, Fv, Fi, d_l, reach, inner)
             if far.shift is not None:
                 delta = far.shift - far_px * sx
-                T = np.eye(3)
-                T[:2, 2] = np.array(d_l) * delta
-                A = T @ A
+                A = A @ warp.matrix(np.r_[np.array(d_l) * delta, np.zeros(n_p - 2)])
                 A_full = Sinv @ A @ S
         if k == 0:
             # Agreement and shared structure over the inner pixels (every other one) at the solution and at identity.
@@ -565,8 +690,7 @@ def refine_alignment(
             gpts = np.stack([g_idx % w_l, g_idx // w_l], 1).astype(np.float32)
             Fw_g, ok_g = _sample_features(Fi, A, gpts, (w_l, h_l))
             Fv_g = Fv.reshape(-1, 2)[g_idx]
-            u = (A[0, 0] * gpts[:, 0] + A[0, 1] * gpts[:, 1] + A[0, 2]).astype(np.float32)
-            v = (A[1, 0] * gpts[:, 0] + A[1, 1] * gpts[:, 1] + A[1, 2]).astype(np.float32)
+            u, v = _map(A, gpts)
             m2_i = _sample_features(mag_i[..., None], np.eye(3), np.stack([u, v], 1), (w_l, h_l))[0][:, 0]
             ti = max(4.0, 3.0 * e0i)
             shared = struct_v.ravel()[g_idx] & (m2_i > ti * ti) & ok_g

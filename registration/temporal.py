@@ -49,16 +49,24 @@ def _displacements(H: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return p / z[..., None] - pts
 
 
-def _affine_from_displacements(d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Least-squares affine ``(N, 3, 3)`` moving the centre and corners by ``d (N, 5, 2)``."""
+def _from_displacements(d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Homographies ``(N, 3, 3)`` that move the centre and corners by ``d (N, 5, 2)`` (least squares over the
+    five points: exact for any homography's own displacements, so a camera turn's keystone is kept)."""
     pts = centre_and_corners(size)
-    X = np.c_[pts, np.ones(len(pts))]  # (5, 3)
-    pinv = np.linalg.pinv(X)  # (3, 5)
-    M = np.einsum("jk,nkc->njc", pinv, pts[None] + d)  # (N, 3, 2): X @ M = target
-    out = np.zeros((len(d), 3, 3))
-    out[:, :2, :] = np.transpose(M, (0, 2, 1))
-    out[:, 2, 2] = 1.0
-    return out
+    c = pts[0]
+    s = 1.0 / max(float(np.hypot(*(pts[1] - c))), 1e-9)
+    N = np.array([[s, 0, -s * c[0]], [0, s, -s * c[1]], [0, 0, 1.0]])  # Hartley's normalisation, both sides
+    x, y = ((pts - c) * s).T  # (5,)
+    q = (pts[None] + d - c) * s  # (N, 5, 2)
+    u, v = q[..., 0], q[..., 1]
+    o, z = np.ones_like(u), np.zeros_like(u)
+    X, Y = np.broadcast_to(x, u.shape), np.broadcast_to(y, u.shape)
+    rows_u = np.stack([X, Y, o, z, z, z, -u * X, -u * Y, -u], -1)
+    rows_v = np.stack([z, z, z, X, Y, o, -v * X, -v * Y, -v], -1)
+    M = np.concatenate([rows_u, rows_v], axis=1)  # (N, 10, 9)
+    h = np.linalg.svd(M)[2][:, -1, :].reshape(-1, 3, 3)
+    out = np.linalg.inv(N) @ h @ N
+    return out / out[:, 2:3, 2:3]
 
 
 def _as_stack(H) -> np.ndarray:
@@ -119,7 +127,7 @@ def smooth_corrections(
         outlier_px: floor of the robust residual scale, px (residuals below ~4.7x this always count).
 
     Returns:
-        ``(N, 3, 3)`` smoothed affine corrections.
+        ``(N, 3, 3)`` smoothed corrections (the homographies through the smoothed displacements).
 
     Example:
         >>> Hs = smooth_corrections([r.H for r in results], [r.accepted for r in results], size=(800, 600),
@@ -183,7 +191,7 @@ def smooth_corrections(
             return np.repeat(np.eye(3)[None], n, axis=0)
         for k in np.flatnonzero(~have):
             out[k] = out[idx[np.argmin(np.abs(t[idx] - t[k]))]]
-    return _affine_from_displacements(out.reshape(n, -1, 2), size)
+    return _from_displacements(out.reshape(n, -1, 2), size)
 
 
 _Z95 = 1.959963984540054  # two-sided 95 % normal quantile

@@ -39,6 +39,24 @@ def truth_calibration(rig: RigConfig, path: Path, plane_m: float = 15.0, output_
     return save_calibration(cal, path)
 
 
+def misalignment_with_motion(rig: RigConfig, geom, dR: np.ndarray, C: np.ndarray, depth_m: float = 15.0,
+                             grid: int = 9) -> np.ndarray:
+    """Output-px misalignment at ``depth_m`` (over a ``grid x grid`` of the output) when the LWIR camera is turned
+    by ``dR`` (``RigMotion.rotation``) and registration applies the correction ``C`` (output px)."""
+    from rig.registration.geometry import output_to_visible, raw_lwir_to_output
+    from rig.sim import camera_model
+
+    W, H = geom.output_size
+    u, v = np.meshgrid(np.linspace(0, W - 1, grid), np.linspace(0, H - 1, grid))
+    uv = np.stack([u.ravel(), v.ravel()], axis=1)
+    vis_model, ir_model = camera_model(rig.camera("visible")), camera_model(rig.camera("lwir"))
+    rays = np.c_[output_to_visible(geom, uv), np.ones(len(uv))] @ np.linalg.inv(vis_model.K).T
+    lw = rig.camera("lwir").sim
+    q = raw_lwir_to_output(geom, ir_model.project(((rays * depth_m) @ lw.R.T + lw.t) @ dR.T))
+    q = np.c_[q, np.ones(len(q))] @ np.asarray(C, np.float64).T
+    return np.linalg.norm(q[:, :2] / q[:, 2:] - uv, axis=1)
+
+
 def record_sim_session(rig: RigConfig, path: Path, seconds: float = 1.0, seed: int = 1, calibration: str | None = None,
                        ffc_interval_s: float = 0.0, motion: RigMotion | None = None, keyframe_hz: float = 2.0,
                        world: list | None = None) -> Path:

@@ -81,6 +81,15 @@ def test_observable_basis():
         assert Qs.shape == (n, 1) and abs(Qs[:2, 0] @ np.array(DIR)) < 1e-9
     Q, Qs = observable_basis("similarity", None)
     assert np.array_equal(Q, np.eye(4)) and np.array_equal(Qs, np.eye(4)[:, :2])
+    # rigid: the similarity's parameters with the scale held; rotation: tx, ty, roll (the shift along is hidden)
+    Q, Qs = observable_basis("rigid", None)
+    assert Q.shape == (4, 3) and not Q[2].any()
+    Q, Qs = observable_basis("rigid", DIR)
+    assert Q.shape == (4, 2) and np.allclose(Q.T @ Q, np.eye(2)) and abs(Q[2]).max() < 1e-9
+    assert abs(Q[:2].T @ np.array(DIR)).max() < 1e-9
+    Q, Qs = observable_basis("rotation", DIR)
+    assert Q.shape == (3, 2) and np.allclose(Q.T @ Q, np.eye(2)) and abs(Q[:2].T @ np.array(DIR)).max() < 1e-9
+    assert Qs.shape == (3, 1) and abs(Qs[:2, 0] @ np.array(DIR)) < 1e-9
 
 
 def test_eliminate_along_removes_only_the_along_component():
