@@ -428,6 +428,8 @@ def bench_real_rigs(folds: int, cache: Path | None) -> None:
               + (": " + ", ".join(f"{p.view} ({p.rotation_deg:.2f} deg, {p.translation_mm:.1f} mm)" for p in flagged[:8])
                  + (", ..." if len(flagged) > 8 else "") if flagged else ""))
         for c in ("visible", "lwir"):
+            if own[c].focal_warning():
+                print(f"  {own[c].focal_warning()}")
             chk = jo.checks.get(c)
             print(f"  {c:8s} RMS own fit {own[c].rms_px:.3f} px, joint {chk.joint_rms_px if chk else float('nan'):.3f} px "
                   f"({100 * (chk.rms_ratio - 1) if chk else float('nan'):+.0f} %), kept {chk.kept if chk else '-'}"

@@ -53,6 +53,7 @@ class Coverage:
     area_fraction: float
     tilts_deg: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    tilt_warnings: list[str] = field(default_factory=list)  # those of ``warnings`` about the board's tilt
 
 
 def cell_name(row: int, col: int) -> str:
@@ -270,7 +271,8 @@ def analyse_coverage(camera: str, image_size: tuple[int, int], points: dict[str,
                 warnings.append(f"{camera}: no views in the {cell_name(r, c)} third of the image")
     if area < min_area:
         warnings.append(f"{camera}: boards cover only {area:.0%} of the image; move the board towards the edges")
+    tilt_warnings = []
     if tilts and max(tilts.values()) < min_tilt_deg:
-        warnings.append(f"{camera}: all views near fronto-parallel: focal length poorly constrained "
-                        f"(max tilt {max(tilts.values()):.0f} deg; tilt the board by {min_tilt_deg:.0f}-50 deg)")
-    return Coverage(camera, image_size, cells, heat, area, tilts, warnings)
+        tilt_warnings.append(f"{camera}: all views near fronto-parallel: focal length poorly constrained "
+                             f"(max tilt {max(tilts.values()):.0f} deg; tilt the board by {min_tilt_deg:.0f}-50 deg)")
+    return Coverage(camera, image_size, cells, heat, area, tilts, warnings + tilt_warnings, tilt_warnings)

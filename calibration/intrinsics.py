@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from rig.calibration.coverage import board_tilt_deg
 from rig.camera_model import CameraModel
 from rig.errors import RigError
 
 MODELS = ("pinhole", "fisheye")
+FOCAL_SIGMA_WARN = 0.02  # focal length sigma / value above which the views are said not to determine it
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,26 @@ class IntrinsicsResult:
         flagged = ", ".join(f"{k} = {v:.3g} +/- {sd:.2g}" for k, (v, sd) in self.unobservable.items())
         return (f"{self.camera}: distortion not determined by the views ({flagged}: sigma exceeds the value); "
                 f"model reduced: {', '.join(self.fixed)} fixed at 0")
+
+    def focal_warning(self, max_relative_sigma: float = FOCAL_SIGMA_WARN) -> str:
+        """A warning when the views leave the focal length poorly determined ('' otherwise).
+
+        Without enough board tilt, focal length and board distance trade off: the fit is as good with a focal
+        length far off, the board poses' depths scale with it, and so do the extrinsics' translation and every
+        registration that uses them. OpenCV's standard deviation of ``fx``/``fy`` says how far; above
+        ``max_relative_sigma`` of the value (2 % by default: a good calibration gets 0.1-0.5 %) it is a warning.
+        """
+        rel = {k: float(self.std.get(k, float("nan"))) / float(self.K[i, i]) for i, k in enumerate(("fx", "fy"))}
+        worst = max(rel, key=lambda k: rel[k] if np.isfinite(rel[k]) else -1.0)
+        if not np.isfinite(rel[worst]) or rel[worst] <= max_relative_sigma:
+            return ""
+        i = ("fx", "fy").index(worst)
+        tilts = [board_tilt_deg(R) for R, _ in self.poses.values()]
+        tilt = f" (board tilt at most {max(tilts):.0f} deg, median {float(np.median(tilts)):.0f})" if tilts else ""
+        return (f"{self.camera}: focal length poorly determined by the views: {worst} {self.K[i, i]:.1f} +/- "
+                f"{self.std[worst]:.1f} px ({100 * rel[worst]:.1f} %){tilt}; focal length and board distance trade "
+                f"off, so the extrinsics' translation is as uncertain: add views with the board tilted 30-50 deg "
+                f"about both axes")
 
     def camera_model(self) -> CameraModel:
         """Pinhole :class:`~rig.camera_model.CameraModel` (radtan only)."""

@@ -216,9 +216,13 @@ def solve(run: CalibrationRun, options: CalibrateOptions = CalibrateOptions(), e
         run.notes.extend(note)
         if res.fixed:
             run.notes.append(res.observability_note())
+        focal = res.focal_warning()
+        if focal:
+            run.warnings.append(focal)
         cov = analyse_coverage(cam, res.image_size, {v.name: v.image_points for v in res.views}, res.poses)
         run.coverage[cam] = cov
-        run.warnings.extend(cov.warnings)
+        # The coverage's "near fronto-parallel" warning says the same as the focal one, with less: one line each.
+        run.warnings.extend(w for w in cov.warnings if not (focal and w in cov.tilt_warnings))
         if progress:
             progress("solve", i + 1, steps)
     for cam in cams:

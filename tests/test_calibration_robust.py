@@ -264,3 +264,31 @@ def test_moves_below_detection_noise_are_not_damage(sim_rig):
     big = own.dist.copy().ravel()
     big[0] += 0.05  # k1: pixels at the corner
     assert check_camera(own, own.K, big, own.rms_px).kept == "own fit"
+
+
+def test_a_focal_length_the_views_do_not_determine_is_a_warning(sim_rig):
+    """Near fronto-parallel views: focal length and distance trade off (sigma of several %); the run says so, once,
+    with the numbers and what to do. Tilted views: no such warning."""
+    board = load_board("ir_board")
+    rng = np.random.default_rng(6)
+
+    def plan(tilt_deg: float, n: int = 12):
+        out = []
+        for _ in range(n):
+            R = rotation_from_vector_deg([rng.uniform(-tilt_deg, tilt_deg), rng.uniform(-tilt_deg, tilt_deg),
+                                          rng.uniform(-5, 5)])
+            out.append((R, np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.15, 0.15), 1.6]) - R @ board.center()))
+        return out
+
+    flat = synthetic_run(sim_rig, board, plan(4.0), ["lwir"], rng, SIGMA)
+    res = calibrate_intrinsics("lwir", list(flat.points["lwir"].values()), flat.image_sizes["lwir"])
+    rel = max(res.std["fx"] / res.K[0, 0], res.std["fy"] / res.K[1, 1])
+    assert rel > 0.02
+    warning = res.focal_warning()
+    assert warning.startswith("lwir: focal length poorly determined by the views: f") and f"({100 * rel:.1f} %)" in warning
+    assert "board tilt at most" in warning and "tilted 30-50 deg" in warning
+    solved = solve(flat)
+    assert sum("focal length poorly" in w for w in solved.warnings) == 1, solved.warnings  # not twice
+    tilted = synthetic_run(sim_rig, board, plan(35.0), ["lwir"], rng, SIGMA)
+    res = calibrate_intrinsics("lwir", list(tilted.points["lwir"].values()), tilted.image_sizes["lwir"])
+    assert res.focal_warning() == "" and res.std["fx"] / res.K[0, 0] < 0.01
