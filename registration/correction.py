@@ -65,12 +65,12 @@ from rig.errors import RigError
 from rig.pixfmt import to_gray8
 from rig.registration.geometry import (RegistrationGeometry, RemapTables, lwir_camera_in_output, output_to_raw_lwir,
                                        remap_tables)
-from rig.registration.parallax import BaselineParallax
-from rig.registration.refine import (MODELS, Correction, RefineResult, along_baseline_part, correction_px,
-                                     refine_alignment)
+from rig.registration.parallax import BaselineParallax, along_baseline_part
+from rig.registration.refine import Correction, RefineResult, correction_px, refine_alignment
 from rig.registration.temporal import (DriftReport, _from_displacements, _displacements, detect_drift,
                                        smooth_corrections)
 from rig.registration.resample import Resampler, resample
+from rig.registration.warps import MODELS
 
 
 @dataclass(frozen=True)

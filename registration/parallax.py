@@ -32,10 +32,12 @@ import cv2
 import numpy as np
 
 from rig.calibration.homography import parallax_displacement
+from rig.camera_model import apply_h
 from rig.registration.geometry import RegistrationGeometry, centre_and_corners, output_to_visible, visible_to_output
+from rig.registration.warps import WarpModel
 
-__all__ = ["BaselineParallax", "FarStructure", "baseline_parallax", "eliminate_along", "far_shift",
-           "observable_basis"]
+__all__ = ["BaselineParallax", "FarStructure", "along_baseline_part", "baseline_parallax", "eliminate_along",
+           "far_shift", "observable_basis"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,31 @@ def observable_basis(model: str, direction: tuple[float, float] | None) -> tuple
     Q = U[:, len(hidden):]
     Q_shift = np.r_[-d1, d0, np.zeros(n_p - 2)][:, None]  # the shift across the baseline
     return Q, Q_shift
+
+
+def along_baseline_part(H: np.ndarray, size: tuple[int, int], model: str, direction: tuple[float, float],
+                        camera: np.ndarray | None = None) -> np.ndarray:
+    """The part of a correction that a single pair cannot tell from parallax: its shift along the baseline.
+
+    ``H`` (``size = (w, h)`` px) is written in ``model``'s parameters (least squares on its centre and corner
+    displacements); the result is the warp of the shift component along ``direction`` alone (for the rotation
+    model, the camera turn that moves the centre along it), identity for a correction across the baseline.
+
+    Args:
+        H: ``(3, 3)`` correction, LWIR px -> visible px.
+        size: ``(w, h)`` of the image it acts on.
+        model: one of :data:`~rig.registration.warps.MODELS`.
+        direction: unit ``(dx, dy)`` of the baseline's parallax (:class:`BaselineParallax`).
+        camera: ``(3, 3)`` for the rotation model (see :func:`~rig.registration.refine.refine_alignment`).
+    """
+    pts = centre_and_corners(size)
+    c, R = (float(pts[0, 0]), float(pts[0, 1])), float(np.hypot(*pts[0]))
+    warp = WarpModel.at(model, c, R, None if camera is None else np.asarray(camera, np.float64))
+    Jx, Jy = warp.jacobian(pts[:, 0], pts[:, 1])
+    d = apply_h(np.asarray(H, np.float64), pts) - pts
+    theta = np.linalg.lstsq(np.r_[Jx, Jy].astype(np.float64), np.r_[d[:, 0], d[:, 1]], rcond=None)[0]
+    h = np.r_[direction, np.zeros(len(theta) - 2)]
+    return warp.matrix(float(theta @ h) * h)
 
 
 def eliminate_along(r: np.ndarray, SD: np.ndarray, gx: np.ndarray, gy: np.ndarray,

@@ -88,13 +88,13 @@ import cv2
 import numpy as np
 
 from rig.registration.geometry import centre_and_corners
-from rig.registration.parallax import FarStructure, eliminate_along, far_shift, observable_basis
+from rig.registration.parallax import FarStructure, along_baseline_part, eliminate_along, far_shift, observable_basis
+from rig.registration.warps import MODELS, WarpModel, n_params
 
 __all__ = [
     "MODELS", "Correction", "RefineResult", "along_baseline_part", "correction_px", "grid_error_px", "refine_alignment",
 ]
 
-MODELS = ("similarity", "rigid", "rotation", "affine")
 
 # Feature constants (in pixels of the working level).
 _PRE_SIGMA = 0.8  # blur before the gradient
@@ -218,31 +218,6 @@ def correction_px(H: np.ndarray, size: tuple[int, int]) -> Correction:
     return Correction((float(d[0, 0]), float(d[0, 1])), d[1:].copy(), float(np.hypot(d[:, 0], d[:, 1]).max()), rot, scale)
 
 
-def along_baseline_part(H: np.ndarray, size: tuple[int, int], model: str, direction: tuple[float, float],
-                        camera: np.ndarray | None = None) -> np.ndarray:
-    """The part of a correction that a single pair cannot tell from parallax: its shift along the baseline.
-
-    ``H`` (``size = (w, h)`` px) is written in ``model``'s parameters (least squares on its centre and corner
-    displacements); the result is the warp of the shift component along ``direction`` alone (for the rotation
-    model, the camera turn that moves the centre along it), identity for a correction across the baseline.
-
-    Args:
-        H: ``(3, 3)`` correction, LWIR px -> visible px.
-        size: ``(w, h)`` of the image it acts on.
-        model: one of :data:`MODELS`.
-        direction: unit ``(dx, dy)`` of the baseline's parallax (:class:`~rig.registration.parallax.BaselineParallax`).
-        camera: ``(3, 3)`` for the rotation model (see :func:`refine_alignment`).
-    """
-    pts = centre_and_corners(size)
-    c, R = (float(pts[0, 0]), float(pts[0, 1])), float(np.hypot(*pts[0]))
-    warp = _Warp.at(model, c, R, None if camera is None else np.asarray(camera, np.float64))
-    Jx, Jy = warp.jacobian(pts[:, 0], pts[:, 1])
-    d = _apply(np.asarray(H, np.float64), pts) - pts
-    theta = np.linalg.lstsq(np.r_[Jx, Jy].astype(np.float64), np.r_[d[:, 0], d[:, 1]], rcond=None)[0]
-    h = np.r_[direction, np.zeros(len(theta) - 2)]
-    return warp.matrix(float(theta @ h) * h)
-
-
 def grid_error_px(H_a: np.ndarray, H_b: np.ndarray, size: tuple[int, int], step: float = 20.0) -> np.ndarray:
     """Distances between where two maps put the points of a ``step``-px grid over a ``size = (w, h)`` image."""
     w, h = size
@@ -283,109 +258,6 @@ def _features(img: np.ndarray, e0: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- warps
-def _n_params(model: str) -> int:
-    """Parameters of a model's warp (rigid is the similarity's with the scale held at zero)."""
-    return {"affine": 6, "rotation": 3}.get(model, 4)
-
-
-def _skew(a: np.ndarray) -> np.ndarray:
-    return np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]], np.float64)
-
-
-def _rodrigues(w: np.ndarray) -> np.ndarray:
-    """Rotation matrix of the rotation vector ``w`` (radians)."""
-    th = float(np.linalg.norm(w))
-    K = _skew(w)
-    if th < 1e-12:
-        return np.eye(3) + K
-    return np.eye(3) + math.sin(th) / th * K + (1 - math.cos(th)) / (th * th) * (K @ K)
-
-
-def _field(E: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First-order displacement of the homography ``I + e E`` at ``(x, y)``, per unit ``e``."""
-    w = E[2, 0] * x + E[2, 1] * y + E[2, 2]
-    return E[0, 0] * x + E[0, 1] * y + E[0, 2] - x * w, E[1, 0] * x + E[1, 1] * y + E[1, 2] - y * w
-
-
-@dataclass(frozen=True)
-class _Warp:
-    """A model's warp update at one pyramid level: ``x -> D(p) x``, parameters in px at radius ``R`` from ``c``.
-
-    Similarity and affine: ``x + t + L (x - c) / R``; rigid: the same with ``L`` an exact rotation by ``b / R``. Rotation: ``G R(W p) G^-1``, the image of a turn of
-    the camera ``G`` (normalised ray -> level px) about its centre; ``W`` maps the parameters to a rotation
-    vector such that ``tx, ty`` move the level's centre by that many px and ``b`` rolls about the centre's ray
-    by ``b`` px at radius ``R`` (the similarity's ``b``). Exact for a camera that turns, keystone included.
-    """
-
-    model: str
-    c: tuple[float, float]
-    R: float
-    G: np.ndarray | None = None
-    W: np.ndarray | None = None
-
-    @classmethod
-    def at(cls, model: str, c: tuple[float, float], R: float, G: np.ndarray | None) -> "_Warp":
-        if model != "rotation":
-            return cls(model, c, R)
-        Gi = np.linalg.inv(G)
-        ray = Gi @ np.array([c[0], c[1], 1.0])
-        ray /= np.linalg.norm(ray) * np.sign(ray[2] if ray[2] != 0 else 1.0)
-        a1 = np.cross(ray, [0.0, 1.0, 0.0] if abs(ray[1]) < 0.9 else [1.0, 0.0, 0.0])
-        a1 /= np.linalg.norm(a1)
-        a2 = np.cross(ray, a1)
-        cx, cy = np.array([c[0]]), np.array([c[1]])
-        M = np.array([np.r_[_field(G @ _skew(a) @ Gi, cx, cy)] for a in (a1, a2)]).T  # (2, 2): axes -> centre shift
-        W = np.empty((3, 3))
-        W[:, :2] = np.stack([a1, a2], 1) @ np.linalg.inv(M)
-        # Roll: about the centre's ray, b px at radius R (measured along x, where the similarity's b moves y by b).
-        roll = _field(G @ _skew(ray) @ Gi, np.array([c[0] + R]), cy)[1][0]
-        W[:, 2] = ray / roll
-        return cls(model, c, R, G, W)
-
-    def jacobian(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(Jx, Jy)``, each ``(N, P)`` float32: the displacement's derivatives by the parameters at identity."""
-        if self.model == "rotation":
-            Gi = np.linalg.inv(self.G)
-            cols = [_field(self.G @ _skew(self.W[:, k]) @ Gi, px.astype(np.float64), py.astype(np.float64))
-                    for k in range(3)]
-            return (np.stack([c[0] for c in cols], 1).astype(np.float32),
-                    np.stack([c[1] for c in cols], 1).astype(np.float32))
-        xn, yn = (px - self.c[0]) / self.R, (py - self.c[1]) / self.R
-        z, o = np.zeros_like(xn), np.ones_like(xn)
-        if self.model == "affine":
-            return np.stack([o, z, xn, yn, z, z], 1), np.stack([z, o, z, z, xn, yn], 1)
-        return np.stack([o, z, xn, -yn], 1), np.stack([z, o, yn, xn], 1)
-
-    def matrix(self, p: np.ndarray) -> np.ndarray:
-        """The 3x3 update ``D(p)``."""
-        if self.model == "rotation":
-            D = self.G @ _rodrigues(self.W @ np.asarray(p, np.float64)) @ np.linalg.inv(self.G)
-            return D / D[2, 2]
-        if self.model == "rigid":  # an exact rotation by b / R (the first-order I + L would scale by 1 + (b/R)^2)
-            tx, ty, _, b = p
-            a = float(b) / self.R
-            L = np.array([[math.cos(a) - 1.0, -math.sin(a)], [math.sin(a), math.cos(a) - 1.0]])
-            M = np.eye(3)
-            M[:2, :2] += L
-            M[:2, 2] = np.array([tx, ty]) - L @ np.asarray(self.c)
-            return M
-        return _param_matrix(p, self.c, self.R)
-
-
-def _param_matrix(p: np.ndarray, c: tuple[float, float], R: float) -> np.ndarray:
-    """3x3 of ``x' = x + t + L (x - c) / R`` with the parameters in px at radius ``R`` from ``c``."""
-    if len(p) == 4:
-        tx, ty, a, b = p
-        L = np.array([[a, -b], [b, a]]) / R
-    else:
-        tx, ty, a11, a12, a21, a22 = p
-        L = np.array([[a11, a12], [a21, a22]]) / R
-    M = np.eye(3)
-    M[:2, :2] += L
-    M[:2, 2] = np.array([tx, ty]) - L @ np.asarray(c)
-    return M
-
-
 def _level_transform(sx: float, sy: float) -> np.ndarray:
     """Full-resolution px -> level px (``x_l = (x + 0.5) * s - 0.5``)."""
     return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
@@ -532,7 +404,7 @@ def refine_alignment(
         raise ValueError(f"mask has shape {np.asarray(mask).shape}, images {visible.shape}")
     Hh, W = visible.shape
     size = (W, Hh)
-    n_p = _n_params(model)
+    n_p = n_params(model)
     eye = np.eye(3)
     Q_all, Q_shift = observable_basis(model, parallax_dir)
     far: FarStructure | None = None
@@ -581,7 +453,7 @@ def refine_alignment(
             d_l = tuple(dl / np.linalg.norm(dl))
         cx, cy = (w_l - 1) / 2, (h_l - 1) / 2
         Rl = math.hypot(cx, cy)
-        warp = _Warp.at(model, (cx, cy), Rl, None if camera is None else S @ camera)
+        warp = WarpModel.at(model, (cx, cy), Rl, None if camera is None else S @ camera)
         pad = max(2.0, margin_px * sx) + 3.0 * _FEAT_SIGMA
         p0 = int(math.ceil(pad))
         inner = np.zeros((h_l, w_l), bool)

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from rig.registration.refine import (MODELS, RefineResult, _rodrigues, along_baseline_part, correction_px, grid_error_px,
-                                     refine_alignment)
+from rig.registration.parallax import along_baseline_part
+from rig.registration.refine import MODELS, RefineResult, correction_px, grid_error_px, refine_alignment
+from rig.registration.warps import rodrigues
 from rig.registration.temporal import detect_drift, smooth_corrections
 from rig.sim import render_registered
 
@@ -94,7 +95,7 @@ CAMERA = np.array([[360.0, 0, 199.5], [0, 360.0, 149.5], [0, 0, 1]])
 
 def turn(G: np.ndarray, deg) -> np.ndarray:
     """The image warp of a camera turned by the rotation vector ``deg`` (tilt, pan, roll) about its centre."""
-    P = G @ _rodrigues(np.radians(deg)) @ np.linalg.inv(G)
+    P = G @ rodrigues(np.radians(deg)) @ np.linalg.inv(G)
     return P / P[2, 2]
 
 
