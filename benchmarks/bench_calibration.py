@@ -314,6 +314,7 @@ def main(argv=None) -> int:
         bench_rendered(rig, args.views)
     if "real" in only:
         bench_real_rigs(args.folds, args.cache)
+        bench_real_reused_intrinsics(args.cache)
     print(f"\nbenchmark wall time {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -473,6 +474,70 @@ def bench_real_rigs(folds: int, cache: Path | None) -> None:
             print(f"{label:30s} {n:>5d} {nf:>4d} {own['visible'].rms_px:>6.2f}/{cv_.joint_rms_px if cv_ else float('nan'):<7.2f}"
                   f" {own['lwir'].rms_px:>6.2f}/{cl_.joint_rms_px if cl_ else float('nan'):<8.2f} {er:>7.2f} {ep:>9.2f} "
                   f"{eh:>8.2f} {100 * (1 - er / min(ep, eh)):>+5.0f}%")
+
+
+def bench_real_reused_intrinsics(cache: Path | None) -> None:
+    """utdSet4 (a board on a bench, fronto-parallel: no camera's focal length is determined, 7-15 %) with the
+    intrinsics of utdSet0 (the same rig, hand-held views), as `rig calibrate --cameras none` does: the extrinsics
+    from utdSet4's pairs, leave-one-pair-out over all of them, against plain stereoCalibrate(CALIB_FIX_INTRINSIC)
+    and a MAGSAC homography with the same intrinsics."""
+    from rig.calibration.joint import solve_joint
+    from rig.calibration.pipeline import _fixed_intrinsics
+    from rig.calibration.results import CameraCalibration
+    from rig.calibration.stereo import common_points
+
+    section("real rigs: utdSet4's extrinsics with utdSet0's intrinsics (rig calibrate --cameras none)")
+    root = DATA / "mints_rgbt_stereo"
+    if not (root / "utdSet4").is_dir() or not (root / "utdSet0").is_dir():
+        print(f"skipped ({root} not found)")
+        return
+    board = Board("chessboard", 7, 6, 0.035, polarity="auto", name="mints")
+    for side in ("left", "right"):
+        det = {(st, cam): _detect_folder(root / st / cam, board, cam == "thermal", "_", cache)
+               for st in ("utdSet0", "utdSet4") for cam in (side, "thermal")}
+        own = {c: calibrate_intrinsics(c, list(det[("utdSet0", cam)][0].values()), det[("utdSet0", cam)][1])
+               for c, cam in (("visible", side), ("lwir", "thermal"))}
+        fixed = {c: CameraCalibration(c, "pinhole", r.image_size, r.K, r.dist, r.rms_px, r.std, len(r.views), None, ())
+                 for c, r in own.items()}
+        pv, pl = det[("utdSet4", side)][0], det[("utdSet4", "thermal")][0]
+        names = [n for n in pv if n in pl and len(common_points(pv[n], pl[n])[0].ids) >= 6]
+        (Kv, Dv), (Kl, Dl) = (own["visible"].K, own["visible"].dist), (own["lwir"].K, own["lwir"].dist)
+
+        def ours(train: list[str]):
+            return solve_joint(_fixed_intrinsics(fixed["visible"], {n: pv[n] for n in train}, "pinhole"),
+                               _fixed_intrinsics(fixed["lwir"], {n: pl[n] for n in train}, "pinhole"), set())
+
+        def plain(train: list[str]):
+            pairs = [common_points(pv[n], pl[n]) for n in train]
+            out = cv2.stereoCalibrate([a.object_points.astype(np.float32) for a, _ in pairs],
+                                      [a.image_points.astype(np.float32) for a, _ in pairs],
+                                      [b.image_points.astype(np.float32) for _, b in pairs], Kv, Dv, Kl, Dl,
+                                      det[("utdSet4", side)][1], flags=cv2.CALIB_FIX_INTRINSIC)
+            from rig.calibration.intrinsics import undistort_pixels
+
+            src = np.concatenate([undistort_pixels(b.image_points, Kl, Dl) for _, b in pairs])
+            dst = np.concatenate([undistort_pixels(a.image_points, Kv, Dv) for a, _ in pairs])
+            return out[5].T, -out[5].T @ out[6].ravel(), cv2.findHomography(src, dst, cv2.USAC_MAGSAC, 3.0)[0]
+
+        jo = ours(names)
+        kept = set(jo.stereo.views)
+        errs: dict[str, list[float]] = {"rig": [], "plain R,t": [], "plain MAGSAC H": []}
+        for n in names:
+            train = [m for m in names if m != n]
+            j, (Rp, tp, Hp) = ours(train), plain(train)
+            a, b = common_points(pv[n], pl[n])
+            errs["rig"].append(_transfer_error(a, b, Kv, Dv, Kl, Dl, j.stereo.R, j.stereo.t))
+            errs["plain R,t"].append(_transfer_error(a, b, Kv, Dv, Kl, Dl, Rp, tp))
+            errs["plain MAGSAC H"].append(_transfer_error(a, b, Kv, Dv, Kl, Dl, Rp, tp, Hp))
+        km = np.array([n in kept for n in names])
+        print(f"\nutdSet4 {side}+thermal, intrinsics from utdSet0 (fx {Kv[0, 0]:.0f} / {Kl[0, 0]:.0f} px): "
+              f"{len(names)} pairs, flagged {len(names) - len(kept)}, baseline {1000 * np.linalg.norm(jo.stereo.t):.1f} mm")
+        for k, v in errs.items():
+            v = np.array(v)
+            print(f"  held-out {k:15s} mean {v[km].mean():6.2f} px on {km.sum()} kept pairs, {v.mean():6.2f} px on all")
+        r = np.array(errs["rig"])[km].mean()
+        p = min(np.array(errs["plain R,t"])[km].mean(), np.array(errs["plain MAGSAC H"])[km].mean())
+        print(f"  rig vs the better plain figure: {100 * (1 - r / p):+.0f} % lower (target >= 25 %)")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--session", type=Path, help="recorded session directory")
     src.add_argument("--images", action="append", metavar="CAMERA=DIR",
-                     help="image folder per camera (visible=DIR, lwir=DIR); pairs matched by file name")
+                     help="image folder per camera (visible=DIR, lwir=DIR); pairs matched by file name (without a "
+                          "suffix or prefix every name of a folder has, such as _left / _thermal)")
     p.add_argument("--cameras", help="comma-separated cameras whose intrinsics to compute (default: all with views); "
-                                     "the others are taken from the existing calibration")
+                                     "the others are taken from the existing calibration ('none': all of them, "
+                                     "the extrinsics only)")
     p.add_argument("--views", type=int, default=40, help="simulated rig: number of board views (default 40)")
     p.add_argument("--seed", type=int, default=0, help="simulated rig: pose plan and noise seed")
     p.add_argument("--max-views", type=int, default=60, help="session: use at most this many views (default 60)")
@@ -58,6 +60,8 @@ def _plane(value: str) -> str | float:
 def _cameras(value: str | None) -> tuple[str, ...] | None:
     if not value:
         return None
+    if value.strip().lower() == "none":
+        return ()
     cams = tuple(c.strip() for c in value.split(","))
     for c in cams:
         if c not in ("visible", "lwir"):

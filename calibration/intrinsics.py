@@ -122,7 +122,8 @@ class IntrinsicsResult:
         return (f"{self.camera}: focal length poorly determined by the views: {worst} {self.K[i, i]:.1f} +/- "
                 f"{self.std[worst]:.1f} px ({100 * rel[worst]:.1f} %){tilt}; focal length and board distance trade "
                 f"off, so the extrinsics' translation is as uncertain: add views with the board tilted 30-50 deg "
-                f"about both axes")
+                f"about both axes, or calibrate the intrinsics from such views first and solve the extrinsics "
+                f"with them (rig calibrate --cameras none)")
 
     def camera_model(self) -> CameraModel:
         """Pinhole :class:`~rig.camera_model.CameraModel` (radtan only)."""

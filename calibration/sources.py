@@ -88,12 +88,65 @@ def read_image(path: Path) -> np.ndarray:
     return img
 
 
+_SEPARATORS = "_-. "
+
+
+def common_affixes(stems: list[str]) -> tuple[str, str]:
+    """``(prefix, suffix)``: the first and the last separated part (``_ - .`` or space) if every name has it, which
+    is what a camera adds to its file names (``2019_10_24_15_01_02_left`` -> suffix ``_left``; ``thermal-0001``
+    -> prefix ``thermal-``).
+
+    One part only, so shared timestamp parts beyond it stay in the name; with fewer than two names, or where
+    stripping would leave a name empty, nothing is shared (``("", "")``).
+    """
+    if len(stems) < 2:
+        return "", ""
+    pre = os.path.commonprefix(stems)
+    cuts = [i for i, ch in enumerate(pre) if ch in _SEPARATORS]
+    pre = pre[:cuts[0] + 1] if cuts else ""
+    suf = os.path.commonprefix([x[::-1] for x in stems])[::-1]
+    cuts = [i for i, ch in enumerate(suf) if ch in _SEPARATORS]
+    suf = suf[cuts[-1]:] if cuts else ""
+    if any(len(x) <= len(pre) + len(suf) for x in stems):
+        return "", ""
+    return pre, suf
+
+
+def _pairing_keys(listing: dict[str, dict[str, Path]]) -> tuple[dict[str, dict[str, Path]], str]:
+    """Two cameras' files keyed so that partners share a key: the file stem, or, where no stem is in both folders,
+    the stem without what each folder adds to all its names (``_left`` / ``_thermal``; of the ways to strip the
+    shared prefix, suffix or both, the one that pairs the most files). Returns the keyed listing and a note saying
+    what was stripped ('' if nothing)."""
+    a, b = listing.values()
+    if set(a) & set(b):
+        return listing, ""
+    affixes = {cam: common_affixes(list(stems)) for cam, stems in listing.items()}
+    best, best_n, best_how = listing, 0, ""
+    for use_pre, use_suf in ((False, True), (True, False), (True, True)):
+        keyed, parts = {}, []
+        for cam, stems in listing.items():
+            pre, suf = affixes[cam]
+            pre, suf = (pre if use_pre else ""), (suf if use_suf else "")
+            keyed[cam] = {k[len(pre):len(k) - len(suf)]: p for k, p in stems.items()}
+            if pre or suf:
+                parts.append(f"{cam} '{pre}*{suf}'")
+        ka, kb = keyed.values()
+        n = len(set(ka) & set(kb))
+        if n > best_n:
+            best, best_n, best_how = keyed, n, ("pairs matched by file name without what each folder adds to all "
+                                                "its names (" + ", ".join(parts) + ")")
+    return best, best_how
+
+
 def folder_source(dirs: dict[str, Path]) -> ViewSource:
     """Views from per-camera image folders, paired by file name (stem).
 
     Every image counts: a name in one folder only is that camera's view alone
     (its intrinsics), and a note on the source lists such names. One folder
-    alone is allowed (intrinsics only).
+    alone is allowed (intrinsics only). Where no name is in both folders,
+    partners are matched without what each folder adds to all its names
+    (:func:`common_affixes`: ``<time>_left.jpg`` pairs with ``<time>_thermal.jpg``),
+    and a note says so.
     """
     listing: dict[str, dict[str, Path]] = {}
     for cam, d in dirs.items():
@@ -109,6 +162,9 @@ def folder_source(dirs: dict[str, Path]) -> ViewSource:
     cams = list(dirs)
     notes = []
     if len(cams) == 2:
+        listing, how = _pairing_keys(listing)
+        if how:
+            notes.append(how)
         a, b = listing[cams[0]], listing[cams[1]]
         only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         for cam, other, only in ((cams[0], cams[1], only_a), (cams[1], cams[0], only_b)):

@@ -111,6 +111,52 @@ def test_one_camera_then_accumulate(tmp_path, capsys):
     assert len(cal.provenance["runs"]) == 2
 
 
+def test_extrinsics_only_with_every_camera_from_the_existing_calibration(tmp_path, capsys):
+    """--cameras none: intrinsics from an earlier calibration (views that determine them), the extrinsics from
+    these views: the way out for views that leave the focal length undetermined (e.g. a board on a bench)."""
+    dirs = make_folders(tmp_path / "in")
+    out = tmp_path / "out"
+    args = ["calibrate", "--board", "ir_board", "--images", f"visible={dirs['visible']}", "--images",
+            f"lwir={dirs['lwir']}", "--out", str(out)]
+    assert _run(args, capsys)[0] == 0
+    first = load_calibration(out / "calibration.yaml")
+    code, err = _run(args + ["--cameras", "none"], capsys)
+    assert code == 0, err
+    cal = load_calibration(out / "calibration.yaml")
+    for cam in ("visible", "lwir"):
+        assert np.array_equal(cal.cameras[cam].K, first.cameras[cam].K)  # kept from the first run
+    assert cal.extrinsics is not None and np.linalg.norm(cal.extrinsics.t - first.extrinsics.t) < 0.002
+    assert len(cal.provenance["runs"]) == 2
+
+
+def test_pairs_match_without_what_each_folder_adds_to_its_names(tmp_path, capsys):
+    """<time>_left.png pairs with <time>_thermal.png (a real rig's naming), with a note; shared timestamp digits stay."""
+    dirs = make_folders(tmp_path / "in")
+    for cam, tag in (("visible", "left"), ("lwir", "thermal")):
+        for i, p in enumerate(sorted(dirs[cam].iterdir())):
+            p.rename(p.with_name(f"2019_10_24_15_01_{i:02d}_{tag}.png"))
+    out = tmp_path / "out"
+    code, err = _run(["calibrate", "--board", "ir_board", "--images", f"visible={dirs['visible']}", "--images",
+                      f"lwir={dirs['lwir']}", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "pairs matched by file name without what each folder adds to all its names (visible '*_left', lwir " \
+           "'*_thermal')" in " ".join(err.split())
+    cal = load_calibration(out / "calibration.yaml")
+    assert cal.extrinsics is not None
+    run = cal.provenance["runs"][-1]
+    assert run["joint_views"] + len(run["inconsistent_pairs"]) == 8
+
+
+def test_common_affixes():
+    from rig.calibration.sources import common_affixes
+
+    assert common_affixes(["2019_10_24_15_01_02_left", "2019_10_24_15_01_12_left"]) == ("2019_", "_left")
+    assert common_affixes(["040_11_05_left", "300_11_05_left"]) == ("", "_left")  # one part: "_11_05" stays
+    assert common_affixes(["thermal-0001", "thermal-0002"]) == ("thermal-", "")
+    assert common_affixes(["view1", "view2"]) == ("", "") and common_affixes(["x_left"]) == ("", "")
+    assert common_affixes(["a_left", "b_left", "_left"]) == ("", "")  # nothing may be stripped to an empty name
+
+
 def test_fix_aspect(tmp_path, capsys):
     dirs = make_folders(tmp_path / "in", cams=("visible",))
     out = tmp_path / "out"
