@@ -1,6 +1,7 @@
 """Benchmark: targetless refinement (rig.registration.refine) on real registered RGB-LWIR pairs, against ECC.
 
     python benchmarks/bench_refine.py [--data ../shared/data/roadscene_train] [--seed 12] [--limit 0]
+    python benchmarks/bench_refine.py --perturbation turn --model rotation   # and --model similarity: a camera turn
 
 For every pair (``visible/*.jpg`` and ``infrared/*.jpg``, already registered, read as grey) a
 known random similarity ``P`` (shift <= 6 px, rotation <= 0.8 deg, scale <= 1.5 %, about the image
@@ -8,6 +9,11 @@ centre, seeded) is applied to the LWIR image (bilinear, zero outside). With ``H0
 the untouched pair and ``H1`` the estimate on the perturbed pair, a consistent estimator gives
 ``H1 = H0 @ inv(P)``; the error of a pair is the mean (and the max) displacement between the two
 over a 20 px grid of the image. A pair counts as accepted when both estimates are.
+
+``--perturbation turn`` applies a random turn of the LWIR camera about its centre instead (the
+FLIR ADAS camera of the crop, 45 deg field of view: ``G R G^-1``, keystone included; what a flexing
+or bumped rig does), for comparing ``--model rotation`` (``rig register --refine``'s default) with
+the similarity on real images.
 
 Targets (issue 12): median <= 0.5 px, >= 90 % of accepted pairs < 1.5 px, none > 3 px, >= 75 % of
 pairs accepted. Baseline, same run and same perturbations: gradient-magnitude ECC
@@ -50,6 +56,27 @@ def random_similarity(rng: np.random.Generator, size: tuple[int, int], shift: fl
     P[:2, :2] = L
     P[:2, 2] = c + t - L @ c
     return P
+
+
+# The RoadScene LWIR frames come from the FLIR ADAS set (640x512, 45 deg horizontal field of view): the camera of a
+# 500x329 crop, its principal point at the crop's centre (the crop's offset is not published).
+ADAS_FOCAL_PX = 320.0 / math.tan(math.radians(22.5))
+
+
+def adas_camera(size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    return np.array([[ADAS_FOCAL_PX, 0, (w - 1) / 2], [0, ADAS_FOCAL_PX, (h - 1) / 2], [0, 0, 1.0]])
+
+
+def random_turn(rng: np.random.Generator, G: np.ndarray, tilt_pan_deg: float = 0.5, roll_deg: float = 0.8) -> np.ndarray:
+    """The image warp of the LWIR camera ``G`` turned about its centre: |tilt|, |pan| <= ``tilt_pan_deg`` (6.7 px at
+    the ADAS focal length), |roll| <= ``roll_deg``; keystone included (what a flexing or bumped rig does)."""
+    from rig.registration.warps import rodrigues
+
+    w = np.radians([rng.uniform(-tilt_pan_deg, tilt_pan_deg), rng.uniform(-tilt_pan_deg, tilt_pan_deg),
+                    rng.uniform(-roll_deg, roll_deg)])
+    P = G @ rodrigues(w) @ np.linalg.inv(G)
+    return P / P[2, 2]
 
 
 def ecc_affine(visible: np.ndarray, lwir: np.ndarray, scales: int = 3) -> tuple[np.ndarray, bool]:
@@ -107,7 +134,10 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with visible/ and infrared/")
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--limit", type=int, default=0, help="first N pairs only (0: all)")
-    ap.add_argument("--model", default="similarity", choices=("similarity", "affine"))
+    ap.add_argument("--model", default="similarity", choices=("similarity", "rigid", "rotation", "affine"),
+                    help="refine's model (rotation: with the FLIR ADAS camera of the crop)")
+    ap.add_argument("--perturbation", default="similarity", choices=("similarity", "turn"),
+                    help="similarity (the issue's test) or a turn of the LWIR camera (tilt, pan <= 0.5 deg, roll <= 0.8)")
     ap.add_argument("--work-px", type=int, default=None, help="refine's working resolution (long side; default: its own)")
     ap.add_argument("--no-ecc", action="store_true", help="skip the ECC baseline")
     ap.add_argument("--verbose", action="store_true", help="one line per pair")
@@ -137,13 +167,15 @@ def main() -> int:
             print(f"  skipped {name}: unreadable or sizes differ")
             continue
         size = (vis.shape[1], vis.shape[0])
-        P = random_similarity(rng, size)
+        G = adas_camera(size)
+        P = random_similarity(rng, size) if args.perturbation == "similarity" else random_turn(rng, G)
         ir_p = cv2.warpPerspective(ir, P, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
         t0, c0 = time.perf_counter(), time.process_time()
-        r0 = refine_alignment(vis, ir, **kw)
+        cam = {"camera": G} if args.model == "rotation" else {}
+        r0 = refine_alignment(vis, ir, **kw, **cam)
         t1, c1 = time.perf_counter(), time.process_time()
-        r1 = refine_alignment(vis, ir_p, **kw)
+        r1 = refine_alignment(vis, ir_p, **kw, **cam)
         t2, c2 = time.perf_counter(), time.process_time()
         ours["ms"] += [1e3 * (t1 - t0), 1e3 * (t2 - t1)]
         ours["cpu"] += [1e3 * (c1 - c0), 1e3 * (c2 - c1)]
@@ -180,7 +212,8 @@ def main() -> int:
         rows.append(summarise("ECC grad-mag affine x3", ecc["err"], ecc["errmax"], ecc["acc"], ecc["ms"], ecc["cpu"]))
     cols = ["method", "pairs", "accepted %", "median px", "< 1.5 px %", "< 2 px %", "p95 px", "max px",
             "max-over-grid median px", "ms/pair", "cpu ms/pair"]
-    print(f"\nRoadScene consistency under a known similarity (seed {args.seed}); error = mean over a 20 px grid "
+    what = "similarity" if args.perturbation == "similarity" else "turn of the LWIR camera"
+    print(f"\nRoadScene consistency under a known {what} (seed {args.seed}); error = mean over a 20 px grid "
           "of |H1 - H0 inv(P)|, over accepted pairs")
     widths = [max(len(c), 24 if c == "method" else 7) for c in cols]
     print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths))))
