@@ -368,6 +368,12 @@ def _ours(points: dict, sizes: dict):
 def _plain(points: dict, sizes: dict):
     """Plain OpenCV: calibrateCamera per camera, stereoCalibrate(CALIB_FIX_INTRINSIC), USAC_MAGSAC homography."""
     intr = {c: plain_calibrate(points[c], sizes[c])[1:] for c in ("visible", "lwir")}
+    return (intr, *_plain_stereo(points, sizes, intr))
+
+
+def _plain_stereo(points: dict, sizes: dict, intr: dict):
+    """``(R, t, H)`` of stereoCalibrate(CALIB_FIX_INTRINSIC) and a USAC_MAGSAC homography with given intrinsics
+    (``intr[camera] = (K, dist)``), over the names both cameras saw."""
     names = [n for n in points["visible"] if n in points["lwir"]]
     from rig.calibration.stereo import common_points
 
@@ -383,7 +389,7 @@ def _plain(points: dict, sizes: dict):
     src = np.concatenate([undistort_pixels(b.image_points, *intr["lwir"]) for _, b in pairs])
     dst = np.concatenate([undistort_pixels(a.image_points, *intr["visible"]) for a, _ in pairs])
     H, _ = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, 3.0)
-    return intr, R, t, H
+    return R, t, H
 
 
 def _transfer_error(a: ViewPoints, b: ViewPoints, Kv, Dv, Kl, Dl, R, t, H=None) -> float:
@@ -508,16 +514,8 @@ def bench_real_reused_intrinsics(cache: Path | None) -> None:
                                _fixed_intrinsics(fixed["lwir"], {n: pl[n] for n in train}, "pinhole"), set())
 
         def plain(train: list[str]):
-            pairs = [common_points(pv[n], pl[n]) for n in train]
-            out = cv2.stereoCalibrate([a.object_points.astype(np.float32) for a, _ in pairs],
-                                      [a.image_points.astype(np.float32) for a, _ in pairs],
-                                      [b.image_points.astype(np.float32) for _, b in pairs], Kv, Dv, Kl, Dl,
-                                      det[("utdSet4", side)][1], flags=cv2.CALIB_FIX_INTRINSIC)
-            from rig.calibration.intrinsics import undistort_pixels
-
-            src = np.concatenate([undistort_pixels(b.image_points, Kl, Dl) for _, b in pairs])
-            dst = np.concatenate([undistort_pixels(a.image_points, Kv, Dv) for a, _ in pairs])
-            return out[5].T, -out[5].T @ out[6].ravel(), cv2.findHomography(src, dst, cv2.USAC_MAGSAC, 3.0)[0]
+            return _plain_stereo({"visible": {n: pv[n] for n in train}, "lwir": {n: pl[n] for n in train}},
+                                 {"visible": det[("utdSet4", side)][1]}, {"visible": (Kv, Dv), "lwir": (Kl, Dl)})
 
         jo = ours(names)
         kept = set(jo.stereo.views)

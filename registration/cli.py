@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 
-# rig.registration.refine.MODELS, spelt out so that building the parser imports no OpenCV (tested equal).
+# rig.registration.warps.MODELS, spelt out so that building the parser imports no numpy (tested equal).
 REFINE_MODELS = ("similarity", "rigid", "rotation", "affine")
 
 

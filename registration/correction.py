@@ -35,7 +35,7 @@ structure gives the shift (:mod:`rig.registration.parallax`), but where that str
 50 m or at 500 m) is the scene's, so its absolute value is not zero on a calibrated rig. What it
 *can* tell is how that shift *changes*: drift moves every depth alike, while a street's depth
 changes slowly. So the along-baseline part of the correction is taken relative to its trend at the
-first accepted estimate (:func:`~rig.registration.refine.along_baseline_part`; the local linear fit
+first accepted estimate (:func:`~rig.registration.parallax.along_baseline_part`; the local linear fit
 there, so a drift already under way is not absorbed): along the baseline the calibration is trusted
 at the drive's start. ``reference="start"`` takes all of the correction relative to the start (what
 it was before: the start estimate's own scatter across the baseline then offsets the whole drive),
@@ -207,7 +207,8 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
         times = np.maximum.accumulate(times)
     picks = pick_estimates(times, settings)
     lo, hi = ir_range
-    camera = level_transform(low.scale) @ lwir_camera_in_output(geom) if settings.model == "rotation" else None
+    camera_out = lwir_camera_in_output(geom) if settings.model == "rotation" else None  # the rotation model's G
+    camera = None if camera_out is None else level_transform(low.scale) @ camera_out
 
     def one(k: int) -> tuple[int, RefineResult | None]:
         t0 = time.perf_counter()
@@ -240,8 +241,7 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
         # The trend's value at the first accepted estimate is the calibrated state (see the module docstring).
         ref = smoothed[int(np.flatnonzero(acc)[0])]
         if settings.reference == "along" and parallax is not None:
-            ref = along_baseline_part(ref, size, settings.model, parallax.direction,
-                                      lwir_camera_in_output(geom) if settings.model == "rotation" else None)
+            ref = along_baseline_part(ref, size, settings.model, parallax.direction, camera_out)
         smoothed = smoothed @ np.linalg.inv(ref)
         smoothed /= smoothed[:, 2:3, 2:3]
     tau = settings.significance * noise_px

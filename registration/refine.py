@@ -87,12 +87,13 @@ from functools import partial
 import cv2
 import numpy as np
 
+from rig.camera_model import apply_h
 from rig.registration.geometry import centre_and_corners
-from rig.registration.parallax import FarStructure, along_baseline_part, eliminate_along, far_shift, observable_basis
+from rig.registration.parallax import FarStructure, eliminate_along, far_shift, observable_basis
 from rig.registration.warps import MODELS, WarpModel, n_params
 
 __all__ = [
-    "MODELS", "Correction", "RefineResult", "along_baseline_part", "correction_px", "grid_error_px", "refine_alignment",
+    "MODELS", "Correction", "RefineResult", "correction_px", "grid_error_px", "refine_alignment",
 ]
 
 
@@ -143,7 +144,7 @@ class RefineResult:
         reason: why it was refused; ``""`` when accepted.
         estimate: ``(3, 3)`` the raw estimate, also when refused (diagnostics; identity if none was made).
         correction: :class:`Correction` of ``estimate`` at this image size.
-        model: ``"similarity"``, ``"rigid"`` or ``"affine"``.
+        model: one of :data:`~rig.registration.warps.MODELS`.
         iterations: Gauss-Newton steps over all pyramid levels.
         structure_fraction: share of the evaluated pixels with structure in both images (after alignment).
         inlier_fraction: share of the structured pixels with non-zero robust weight at the solution.
@@ -188,12 +189,6 @@ class RefineResult:
 
 
 # --------------------------------------------------------------------------- corrections in pixels
-def _apply(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    p = pts @ H[:2, :2].T + H[:2, 2]
-    z = pts @ H[2, :2] + H[2, 2]
-    return p / z[:, None]
-
-
 def correction_px(H: np.ndarray, size: tuple[int, int]) -> Correction:
     """Displacement of a correction at the centre and the corners of a ``size = (w, h)`` image.
 
@@ -211,7 +206,7 @@ def correction_px(H: np.ndarray, size: tuple[int, int]) -> Correction:
     """
     H = np.asarray(H, np.float64)
     pts = centre_and_corners(size)
-    d = _apply(H, pts) - pts
+    d = apply_h(H, pts) - pts
     A = H[:2, :2] / H[2, 2]
     rot = math.degrees(math.atan2(A[1, 0] - A[0, 1], A[0, 0] + A[1, 1]))
     scale = math.sqrt(abs(float(np.linalg.det(A))))
@@ -223,7 +218,7 @@ def grid_error_px(H_a: np.ndarray, H_b: np.ndarray, size: tuple[int, int], step:
     w, h = size
     u, v = np.meshgrid(np.arange(0, w, step, dtype=np.float64), np.arange(0, h, step, dtype=np.float64))
     pts = np.stack([u.ravel(), v.ravel()], axis=1)
-    return np.hypot(*(_apply(np.asarray(H_a, np.float64), pts) - _apply(np.asarray(H_b, np.float64), pts)).T)
+    return np.hypot(*(apply_h(np.asarray(H_a, np.float64), pts) - apply_h(np.asarray(H_b, np.float64), pts)).T)
 
 
 # --------------------------------------------------------------------------- features
@@ -267,18 +262,10 @@ def _rotation_of(A: np.ndarray) -> float:
     return math.atan2(A[1, 0] - A[0, 1], A[0, 0] + A[1, 1])
 
 
-def _map(A: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``A @ pts`` (a homography, ``pts (N, 2)``) as float32 ``(u, v)``."""
-    x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
-    z = A[2, 0] * x + A[2, 1] * y + A[2, 2]
-    return ((A[0, 0] * x + A[0, 1] * y + A[0, 2]) / z).astype(np.float32), \
-        ((A[1, 0] * x + A[1, 1] * y + A[1, 2]) / z).astype(np.float32)
-
-
 def _sample_features(F: np.ndarray, A: np.ndarray, pts: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``F`` sampled at ``A @ pts`` with the doubled angles turned back by ``A``'s rotation, and which were inside."""
     w, h = size
-    u, v = _map(A, pts)
+    u, v = apply_h(A, pts).astype(np.float32).T
     n, cols = len(u), 1024  # remap wants maps under 32767 px a side: lay the points out in rows
     rows = -(-n // cols)
     mu, mv = np.zeros(rows * cols, np.float32), np.zeros(rows * cols, np.float32)
@@ -562,7 +549,7 @@ def refine_alignment(
             gpts = np.stack([g_idx % w_l, g_idx // w_l], 1).astype(np.float32)
             Fw_g, ok_g = _sample_features(Fi, A, gpts, (w_l, h_l))
             Fv_g = Fv.reshape(-1, 2)[g_idx]
-            u, v = _map(A, gpts)
+            u, v = apply_h(A, gpts).astype(np.float32).T
             m2_i = _sample_features(mag_i[..., None], np.eye(3), np.stack([u, v], 1), (w_l, h_l))[0][:, 0]
             ti = max(4.0, 3.0 * e0i)
             shared = struct_v.ravel()[g_idx] & (m2_i > ti * ti) & ok_g

@@ -110,11 +110,8 @@ class WarpModel:
         if self.model == "rigid":  # an exact rotation by b / R (the first-order I + L would scale by 1 + (b/R)^2)
             tx, ty, _, b = p
             a = float(b) / self.R
-            L = np.array([[math.cos(a) - 1.0, -math.sin(a)], [math.sin(a), math.cos(a) - 1.0]])
-            M = np.eye(3)
-            M[:2, :2] += L
-            M[:2, 2] = np.array([tx, ty]) - L @ np.asarray(self.c)
-            return M
+            return _about(np.array([[math.cos(a) - 1.0, -math.sin(a)], [math.sin(a), math.cos(a) - 1.0]]),
+                          (tx, ty), self.c)
         return param_matrix(p, self.c, self.R)
 
 
@@ -126,7 +123,12 @@ def param_matrix(p: np.ndarray, c: tuple[float, float], R: float) -> np.ndarray:
     else:
         tx, ty, a11, a12, a21, a22 = p
         L = np.array([[a11, a12], [a21, a22]]) / R
+    return _about(L, (tx, ty), c)
+
+
+def _about(L: np.ndarray, t, c: tuple[float, float]) -> np.ndarray:
+    """3x3 of ``x' = x + t + L (x - c)``."""
     M = np.eye(3)
     M[:2, :2] += L
-    M[:2, 2] = np.array([tx, ty]) - L @ np.asarray(c)
+    M[:2, 2] = np.asarray(t, np.float64) - L @ np.asarray(c)
     return M
