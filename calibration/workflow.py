@@ -89,6 +89,20 @@ def check_outputs_outside_inputs(folder: Path, inputs: list[Path]) -> None:
                            path=folder)
 
 
+def check_kept_intrinsics(cameras: list[str], compute: tuple[str, ...] | None, existing: Calibration | None,
+                          path: Path) -> None:
+    """Cameras whose intrinsics are not computed now must be in the earlier calibration (before any detection):
+    asked to keep intrinsics that are not there, the run would compute nothing for them."""
+    if compute is None:
+        return
+    missing = [c for c in cameras if c not in compute and (existing is None or c not in existing.cameras)]
+    if missing:
+        names, pron = " and ".join(missing), "it" if len(missing) == 1 else "them"
+        state = f"has no {names}" if existing is not None else "does not exist yet"
+        raise RigError(f"--cameras keeps the intrinsics of {names} from the earlier calibration, which {state}: "
+                       f"calibrate {pron} into this --out first, or name {pron} in --cameras", path=path)
+
+
 def _source(req: CalibrateRequest, progress: pl.Progress | None, stats: dict) -> sources.ViewSource:
     if req.session:
         return sources.session_source(req.session, req.max_views)
@@ -121,6 +135,7 @@ def calibrate(req: CalibrateRequest, progress: pl.Progress | None = None) -> Cal
     t_start = time.perf_counter()
     render_stats: dict = {}
     source = _source(req, progress, render_stats)
+    check_kept_intrinsics(source.cameras, req.options.intrinsics_for, existing, paths.calibration)
     run = pl.CalibrationRun(req.board, source)
     if render_stats:  # the simulator's cost, reported apart from calibration's
         run.timings["render_s"] = render_stats["render_s"]

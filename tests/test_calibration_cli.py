@@ -129,6 +129,23 @@ def test_extrinsics_only_with_every_camera_from_the_existing_calibration(tmp_pat
     assert len(cal.provenance["runs"]) == 2
 
 
+def test_keeping_intrinsics_that_are_not_there_is_one_line_before_any_detection(tmp_path, capsys):
+    """--cameras none (or naming one camera) into an --out without those cameras: a one-line error naming the
+    calibration file, nothing written (it used to detect every view, then write a calibration with no cameras)."""
+    dirs = make_folders(tmp_path / "in", n=4)
+    out = _bad(tmp_path, capsys, ["--images", f"visible={dirs['visible']}", "--images", f"lwir={dirs['lwir']}",
+                                  "--cameras", "none", "--no-report"],
+               "calibration.yaml: --cameras keeps the intrinsics of visible and lwir from the earlier calibration, "
+               "which does not exist yet: calibrate them into this --out first, or name them in --cameras")
+    assert not (out / "calibration.yaml").exists()
+    code, _ = _run(["calibrate", "--board", "ir_board", "--images", f"visible={dirs['visible']}", "--out", str(out),
+                    "--no-report"], capsys)
+    assert code == 0
+    _bad(tmp_path, capsys, ["--images", f"visible={dirs['visible']}", "--images", f"lwir={dirs['lwir']}",
+                            "--cameras", "visible", "--no-report"],
+         "keeps the intrinsics of lwir from the earlier calibration, which has no lwir: calibrate it into this --out")
+
+
 def test_pairs_match_without_what_each_folder_adds_to_its_names(tmp_path, capsys):
     """<time>_left.png pairs with <time>_thermal.png (a real rig's naming), with a note; shared timestamp digits stay."""
     dirs = make_folders(tmp_path / "in")
