@@ -31,6 +31,12 @@ pose's sensitivity to them, which differs from view to view) and
 :func:`relative_covariance` propagates two of them to a pair.
 With fewer than :data:`MIN_PAIRS` pairs the median and MAD mean little and
 nothing is flagged.
+
+Before any of this, :func:`pairs_to_turn` finds pairs whose two detections
+number the board's points in orders a half turn apart (a chessboard's colours
+decide its order, and an LWIR image may show them faintly or inverted): such a
+pair's relative pose is 180 degrees off about the board's normal, which no
+threshold should have to catch.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import cv2
 import numpy as np
 
 K_MAD = 3.5
+HALF_TURN_TOLERANCE_DEG = 5.0  # a pair within this of the rig's rotation agrees with it (good pairs: < 1.5 deg)
 FLOOR_ROTATION_DEG = 0.05
 FLOOR_TRANSLATION_MM = 1.0
 MIN_PAIRS = 6
@@ -178,6 +185,57 @@ def check_pairs(relative: dict[str, tuple[np.ndarray, np.ndarray]], k: float = K
     thr_t = threshold(tra, k, floor_translation_mm)
     pairs = [PairDeviation(n, float(a), float(b), bool(a > thr_r or b > thr_t)) for n, a, b in zip(names, rot, tra)]
     return Consistency(R, t, pairs, thr_r, thr_t, k, True)
+
+
+def half_turned_pose(R: np.ndarray, t: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A board pose after renumbering the board's points by a half turn (``X' = c + diag(-1, -1, 1) X``,
+    :meth:`rig.boards.Board.half_turn`): the same physical board, so ``R X + t = R' X' + t'``."""
+    RF = np.asarray(R, np.float64) @ np.diag([-1.0, -1.0, 1.0])
+    return RF, np.ravel(t) - RF @ np.ravel(c)
+
+
+def pairs_to_turn(poses_v: dict[str, tuple[np.ndarray, np.ndarray]], poses_l: dict[str, tuple[np.ndarray, np.ndarray]],
+                  c: np.ndarray, tolerance_deg: float = HALF_TURN_TOLERANCE_DEG) -> list[str]:
+    """Pairs whose LWIR point order must be turned by half to agree with the visible one.
+
+    Each pair gives two candidate relative rotations, as detected and with the
+    LWIR board renumbered by a half turn; they are 180 degrees apart. Turned
+    candidates of different pairs disagree by twice the angle between their
+    boards' normals, so over views at different orientations only the right
+    choice lets the pairs agree. Every candidate is tried as the rig's rotation
+    and counts the pairs that agree with it within ``tolerance_deg`` (either
+    way numbered); the best (most pairs, then fewest turned, then the smallest
+    summed angle) is taken only when its pairs outnumber those of the best
+    hypothesis with every pair as detected plus the pairs it would turn that
+    agree with that one too: boards all facing one way agree as well either
+    way (a half turn about their common normal), so such pairs are evidence
+    for neither and stay as detected. A pair off the rig by a degree or two
+    is left to the consistency check.
+
+    Args:
+        poses_v, poses_l: view -> board pose ``(R, t)`` in each camera.
+        c: the half turn's offset (:meth:`rig.boards.Board.half_turn`).
+    """
+    names = [n for n in poses_v if n in poses_l]
+    if len(names) < 2:
+        return []
+    cand = np.empty((len(names), 2, 3, 3))
+    for i, n in enumerate(names):
+        cand[i, 0] = relative_pose(*poses_v[n], *poses_l[n])[0]
+        cand[i, 1] = relative_pose(*poses_v[n], *half_turned_pose(*poses_l[n], c))[0]
+    hyp = cand.reshape(-1, 3, 3)
+    cos = (np.einsum("hij,nsij->hns", hyp, cand) - 1.0) / 2.0
+    ang = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))  # (hypothesis, pair, candidate)
+    agree = ang.min(axis=2) < tolerance_deg
+    turned = agree & (ang[:, :, 1] < ang[:, :, 0])
+    cost = np.minimum(ang.min(axis=2), tolerance_deg).sum(axis=1)
+    best = min(range(len(hyp)), key=lambda h: (-agree[h].sum(), turned[h].sum(), cost[h]))
+    det = ang[0::2, :, 0] < tolerance_deg
+    det_cost = np.minimum(ang[0::2, :, 0], tolerance_deg).sum(axis=1)
+    d = min(range(len(det)), key=lambda h: (-det[h].sum(), det_cost[h]))
+    if agree[best].sum() <= det[d].sum() + (turned[best] & det[d]).sum():
+        return []
+    return [n for i, n in enumerate(names) if turned[best, i]]
 
 
 def describe(p: PairDeviation, c: Consistency, detection_hint: str = "") -> str:

@@ -34,6 +34,12 @@ class ViewPoints:
     def subset(self, keep: np.ndarray) -> "ViewPoints":
         return ViewPoints(self.name, self.image_points[keep], self.object_points[keep], self.ids[keep])
 
+    def half_turned(self, perm: np.ndarray, c: np.ndarray) -> "ViewPoints":
+        """The same pixels numbered as the board turned by half (``(perm, c)`` of :meth:`rig.boards.Board.half_turn`):
+        ids ``perm[ids]``, board points ``c + diag(-1, -1, 1) X``."""
+        return ViewPoints(self.name, self.image_points, np.ravel(c) + self.object_points * np.array([-1.0, -1.0, 1.0]),
+                          np.asarray(perm)[self.ids])
+
 
 @dataclass(frozen=True)
 class IntrinsicsOptions:

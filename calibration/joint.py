@@ -3,6 +3,11 @@
 Input: each camera's own fit (:func:`rig.calibration.intrinsics.calibrate_intrinsics`
 over *all* its views, partnered or not). Then:
 
+0. **Point order**: for boards a detector may number in either of two orders a
+   half turn apart (:meth:`rig.boards.Board.half_turn`), LWIR views whose order
+   disagrees with their visible partner's are renumbered
+   (:func:`rig.calibration.consistency.pairs_to_turn`).
+
 1. **Pair consistency** (:mod:`rig.calibration.consistency`): each view both
    cameras saw gives a relative pose from its two own-fit board poses; pairs
    off the robust rig estimate are left out of the extrinsics.
@@ -26,8 +31,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from rig.calibration.bundle import bundle_adjust
-from rig.calibration.consistency import (Consistency, check_pairs, describe, detection_hint, pose_covariance,
-                                         relative_covariance, relative_pose, rotation_l1_mean)
+from rig.calibration.consistency import (Consistency, check_pairs, describe, detection_hint, half_turned_pose,
+                                         pairs_to_turn, pose_covariance, relative_covariance, relative_pose,
+                                         rotation_l1_mean)
 from rig.calibration.intrinsics import DIST_NAMES, IntrinsicsResult
 from rig.calibration.stereo import StereoResult, _pose, common_points, epipolar_summary, stereo_calibrate
 
@@ -84,6 +90,15 @@ class JointOutcome:
     bundle: dict | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    turned: list[str] = field(default_factory=list)  # LWIR views renumbered by a half turn (step 0)
+
+
+def turn_views(res: IntrinsicsResult, names: list[str], perm: np.ndarray, c: np.ndarray) -> IntrinsicsResult:
+    """``res`` with the views ``names`` renumbered by a half turn of the board (:meth:`rig.boards.Board.half_turn`):
+    same pixels, ids ``perm[ids]``, board points ``c + diag(-1, -1, 1) X``, poses to match."""
+    views = [v.half_turned(perm, c) if v.name in names else v for v in res.views]
+    poses = {n: (half_turned_pose(*p, c) if n in names else p) for n, p in res.poses.items()}
+    return replace(res, views=views, poses=poses)
 
 
 def paired_views(vis: IntrinsicsResult, lw: IntrinsicsResult, min_points: int = 6) -> list[str]:
@@ -172,8 +187,10 @@ def check_camera(own: IntrinsicsResult, K: np.ndarray, dist: np.ndarray, joint_r
 
 
 def solve_joint(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str],
-                options: JointOptions = JointOptions()) -> JointOutcome:
-    """Steps 1-4 of the module docstring. ``free``: cameras whose intrinsics were fitted in this run.
+                options: JointOptions = JointOptions(),
+                half_turn: tuple[np.ndarray, np.ndarray] | None = None) -> JointOutcome:
+    """Steps 0-4 of the module docstring. ``free``: cameras whose intrinsics were fitted in this run;
+    ``half_turn``: the board's :meth:`~rig.boards.Board.half_turn` (``None``: its detections are unambiguous).
 
     The pairs are checked twice: with each camera's own fit, then with the
     joint intrinsics (board poses by PnP again): own fits from few views bias
@@ -183,6 +200,28 @@ def solve_joint(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str],
 
     Raises :class:`~rig.errors.RigError` when too few consistent pairs remain.
     """
+    turned: list[str] = []
+    if half_turn is not None:
+        names = paired_views(vis, lw)
+        turned = pairs_to_turn({n: vis.poses[n] for n in names if n in vis.poses},
+                               {n: lw.poses[n] for n in names if n in lw.poses}, half_turn[1])
+        if turned:
+            lw = turn_views(lw, turned, *half_turn)
+    out = _solve_checked(vis, lw, free, options)
+    if turned:
+        out.turned = turned
+        out.notes.insert(0, f"{lw.camera}: the board's point order in {len(turned)} of {len(paired_views(vis, lw))} "
+                            f"paired views was a half turn from the visible detection's ({_names(turned)}); "
+                            "renumbered to match (the board's colours did not fix its orientation in that image)")
+    return out
+
+
+def _names(views: list[str], at_most: int = 6) -> str:
+    return ", ".join(views[:at_most]) + (f" and {len(views) - at_most} more" if len(views) > at_most else "")
+
+
+def _solve_checked(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str], options: JointOptions) -> JointOutcome:
+    """Steps 1-4, the pairs checked with the own fits, then with the joint intrinsics (see :func:`solve_joint`)."""
     out = _solve(vis, lw, free, options)
     if out.bundle is None or out.consistency is None or not out.consistency.checked:
         return out

@@ -118,6 +118,7 @@ class CalibrationRun:
     bundle: dict | None = None  # summary of the joint bundle adjustment
     own_fit: dict[str, IntrinsicsResult] = field(default_factory=dict)  # each camera alone, before the joint solve
     consistency: Consistency | None = None  # per-pair relative poses against the robust rig estimate
+    half_turned: list[str] = field(default_factory=list)  # paired LWIR views renumbered to the visible's point order
     truth: dict = field(default_factory=dict)  # simulator ground truth (synthetic runs), for tests
 
     def detected(self, camera: str) -> int:
@@ -293,9 +294,14 @@ def _joint(run: CalibrationRun, options: CalibrateOptions) -> None:
     run.own_fit = {"visible": vis, "lwir": lw}
     try:
         jo = solve_joint(vis, lw, free, JointOptions(bundle=options.bundle,
-                                                     min_views=max(3, min(options.intrinsics.min_views, 4))))
+                                                     min_views=max(3, min(options.intrinsics.min_views, 4))),
+                         half_turn=run.board.half_turn())
     except RigError as exc:
         raise CalibrationError(exc.message, run) from None
+    run.half_turned = list(jo.turned)
+    if jo.turned:  # the LWIR views as the joint solve numbered them, whether or not its intrinsics are kept
+        run.intrinsics["lwir"] = replace(run.intrinsics["lwir"], views=jo.intrinsics["lwir"].views,
+                                         poses={**run.intrinsics["lwir"].poses, **jo.intrinsics["lwir"].poses})
     run.warnings.extend(jo.warnings)
     run.notes.extend(jo.notes)
     run.consistency = jo.consistency
@@ -408,7 +414,8 @@ def build_calibration(run: CalibrationRun) -> Calibration:
                         for p in c.inconsistent)
             summary = {"pairs_checked": len(c.pairs), "pairs_used": len(s.views), "k_mad": float(c.k),
                        "rotation_threshold_deg": float(c.rotation_threshold_deg),
-                       "translation_threshold_mm": float(c.translation_threshold_mm)}
+                       "translation_threshold_mm": float(c.translation_threshold_mm),
+                       "half_turned_views": list(run.half_turned)}
         ext = Extrinsics("lwir", "visible", s.R, s.t, s.std_rotation_deg, s.std_translation_m, s.rms_px, s.epipolar_px,
                          bad, summary)
     return Calibration(dict(run.cameras), ext, run.homography, run.registration, {})

@@ -22,7 +22,8 @@ def synthetic_run(rig: RigConfig, board: Board, plan: list[tuple[np.ndarray, np.
     ``faults_seed``: apply the rig's per-capture faults (``sim.faults``: jitter,
     outlier pairs, trigger offset; :func:`rig.sim.views.capture_perturbations`)
     drawn from this seed; the names of the outlier captures go into
-    ``run.truth["outliers"]`` (view name -> degrees).
+    ``run.truth["outliers"]`` (view name -> degrees), those a camera numbers by a half
+    turn into ``run.truth["half_turned"]`` (camera -> view names).
     """
     from rig.sim.views import camera_model, capture_perturbations, pose_in_camera
 
@@ -30,6 +31,7 @@ def synthetic_run(rig: RigConfig, board: Board, plan: list[tuple[np.ndarray, np.
     obj = board.object_points()
     faults = capture_perturbations(rig, len(plan), faults_seed) if faults_seed is not None else [{} for _ in plan]
     outliers = run.truth.setdefault("outliers", {})
+    half_turn = board.half_turn()
     for i, f in enumerate(faults):
         if any(p.outlier_deg for p in f.values()):
             outliers[f"{prefix}{i:02d}"] = max(p.outlier_deg for p in f.values())
@@ -42,7 +44,12 @@ def synthetic_run(rig: RigConfig, board: Board, plan: list[tuple[np.ndarray, np.
             Rc, tc = pose_in_camera(spec, R, t, faults[i].get(c), board.center())
             px = model.project(obj @ Rc.T + tc) + rng.normal(0, sigma_px, (len(obj), 2))
             name = f"{prefix}{i:02d}"
-            run.points[c][name] = ViewPoints(name, px, obj, np.arange(len(obj)))
+            ids = np.arange(len(obj))
+            p = faults[i].get(c)
+            if p is not None and p.half_turn and half_turn is not None:  # the detector's numbering, half a turn off
+                ids = half_turn[0]
+                run.truth.setdefault("half_turned", {}).setdefault(c, []).append(name)
+            run.points[c][name] = ViewPoints(name, px, obj[ids], ids)
     return run
 
 

@@ -86,6 +86,27 @@ class Board:
         return np.asarray(self.opencv_board().getChessboardCorners() if self.type == "charuco"
                           else np.concatenate(self.opencv_board().getObjPoints()), dtype=np.float64).reshape(-1, 3)
 
+    def half_turn(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The board's point order after a half turn, where a detector cannot tell it from the original.
+
+        Returns ``(perm, c)``: turned by 180 degrees about its centre, the board puts point ``perm[i]`` where
+        point ``i`` was, and board coordinates map as ``X' = c + diag(-1, -1, 1) X``. Grids of identical
+        points (chessboards, circle grids) look the same turned (a chessboard up to its colours, which an LWIR
+        image may not show), so two cameras' detections of one view can disagree by exactly this. ``None``
+        for boards whose markers fix the order (ChArUco, aprilgrid) and layouts a half turn does not map
+        onto themselves.
+        """
+        if self.type not in ("chessboard", "circles", "asymmetric_circles"):
+            return None
+        pts = self.object_points()
+        c = np.r_[pts[:, :2].min(0) + pts[:, :2].max(0), 0.0]
+        turned = c - pts * np.array([1.0, 1.0, -1.0])
+        d = np.linalg.norm(turned[:, None, :] - pts[None, :, :], axis=2)
+        perm = d.argmin(axis=1)
+        if not np.allclose(d[np.arange(len(pts)), perm], 0.0, atol=1e-9 * max(self.spacing, 1e-9)):
+            return None
+        return perm, c
+
     def pattern_extent(self) -> tuple[float, float, float, float]:
         """``(xmin, ymin, xmax, ymax)`` of the printed pattern (without margin), board coordinates."""
         s = self.spacing

@@ -87,6 +87,12 @@ class SimFaults:
     trigger missed); and a trigger offset ``trigger_offset_s`` while the board
     moves at ``board_speed_mps`` and turns at ``board_rotation_dps`` (hand-held):
     this camera sees the board where it was ``trigger_offset_s`` later.
+    ``half_turn_fraction``: the fraction of captures (seeded, independent of
+    the others) in which this camera's detector numbers the board's points by
+    a half turn (:meth:`rig.boards.Board.half_turn`: an LWIR image that shows a
+    chessboard's colours faintly or inverted). It applies where corners are
+    synthesized from ground truth (:mod:`rig.calibration.synthetic`); rendered
+    boards are numbered by the detector itself.
     """
 
     jitter_rotation_deg: float = 0.0
@@ -96,10 +102,12 @@ class SimFaults:
     trigger_offset_s: float = 0.0
     board_speed_mps: float = 0.0
     board_rotation_dps: float = 0.0
+    half_turn_fraction: float = 0.0
 
     @property
     def any(self) -> bool:
         return bool(self.jitter_rotation_deg or self.jitter_translation_m or self.outlier_fraction
+                    or self.half_turn_fraction
                     or (self.trigger_offset_s and (self.board_speed_mps or self.board_rotation_dps)))
 
 
@@ -320,8 +328,9 @@ def _parse_faults(node: Node | None) -> SimFaults:
     allowed = set(SimFaults.__dataclass_fields__)
     node.reject_unknown(allowed)
     kw: dict = {k: node.child(k).float(0.0) for k in allowed - {"outlier_rotation_deg"} if node.has(k)}
-    if "outlier_fraction" in kw and kw["outlier_fraction"] > 1.0:
-        raise node.error(f"must be a fraction in [0, 1], got {kw['outlier_fraction']:g}", "outlier_fraction")
+    for k in ("outlier_fraction", "half_turn_fraction"):
+        if k in kw and not 0.0 <= kw[k] <= 1.0:
+            raise node.error(f"must be a fraction in [0, 1], got {kw[k]:g}", k)
     if node.has("outlier_rotation_deg"):
         lo, hi = node.child("outlier_rotation_deg").floats(2)
         if not 0.0 <= lo <= hi:

@@ -27,6 +27,18 @@ def test_asymmetric_grid_follows_opencv_convention():
     assert np.allclose(pts[:5, :2], [[0, 0], [0.04, 0], [0.08, 0], [0.12, 0], [0.02, 0.02]])
 
 
+def test_half_turn_of_grids_whose_detections_can_be_numbered_either_way():
+    b = load_board("ir_board")  # 9x6 chessboard
+    perm, c = b.half_turn()
+    obj = b.object_points()
+    assert np.array_equal(perm, np.arange(54)[::-1]) and np.allclose(c, [8 * 0.06, 5 * 0.06, 0])
+    assert np.allclose(obj[perm], c + obj * [-1, -1, 1])  # X' = c + diag(-1, -1, 1) X
+    assert parse_board({"type": "circles", "cols": 4, "rows": 3, "spacing": 0.02}).half_turn() is not None
+    # Markers fix the order; the asymmetric grid is not mapped onto itself by a half turn.
+    assert load_board("vis_board").half_turn() is None
+    assert parse_board({"type": "asymmetric_circles", "cols": 4, "rows": 11, "spacing": 0.02}).half_turn() is None
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [

@@ -42,6 +42,7 @@ def test_harsh_rig_spec(harsh):
     f = harsh.camera("lwir").sim.faults
     assert f.outlier_fraction == 0.1 and f.outlier_rotation_deg == (0.3, 1.5)
     assert f.jitter_rotation_deg > 0 and f.trigger_offset_s > 0 and f.board_speed_mps > 0
+    assert f.half_turn_fraction == 0.2
     assert not harsh.camera("visible").sim.faults.any
 
 
@@ -50,6 +51,9 @@ def test_faults_are_validated(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text.replace("outlier_fraction: 0.1", "outlier_fraction: 1.5"))
     with pytest.raises(RigError, match="outlier_fraction"):
+        load_rig(bad)
+    bad.write_text(text.replace("half_turn_fraction: 0.2", "half_turn_fraction: -0.2"))
+    with pytest.raises(RigError, match="half_turn_fraction"):
         load_rig(bad)
     bad.write_text(text.replace("outlier_fraction: 0.1", "outlier_fractoin: 0.1"))
     with pytest.raises(RigError, match="outlier_fractoin"):
@@ -83,6 +87,53 @@ def test_outlier_pairs_found(harsh_runs):
         for v in flagged:
             assert any(f"pair '{v}' inconsistent" in w for w in run.warnings)
     assert total == 4 * len(SEEDS) and found / total >= 0.9
+
+
+def test_half_turned_lwir_views_are_renumbered(harsh_runs):
+    """One LWIR view in five is numbered by a half turn (as on the real vimslab rig, all of them): each such pair
+    is found, renumbered, named in a note and in calibration.yaml, and none other is touched."""
+    turned_total = 0
+    for seed, run in harsh_runs.items():
+        truth = sorted(run.truth.get("half_turned", {}).get("lwir", []))
+        assert sorted(run.half_turned) == truth, seed
+        turned_total += len(truth)
+        if truth:
+            assert any("half turn" in n and truth[0] in n for n in run.notes), run.notes
+        assert build_calibration(run).extrinsics.consistency["half_turned_views"] == run.half_turned
+    assert turned_total >= 40  # ~8 of 40 pairs per seed
+
+
+def _rig_poses(rng: np.random.Generator, n: int, spread_deg: float) -> tuple[dict, dict]:
+    """Board poses of ``n`` views in both cameras of a rig ``X_l = R0 X_v + t0``, boards tilted up to ``spread_deg``."""
+    R0, t0 = rotation_from_vector_deg([0.6, -0.8, 0.3]), np.array([-0.12, -0.05, 0.0])
+    pv, pl = {}, {}
+    for i in range(n):
+        R = rotation_from_vector_deg(rng.uniform(-spread_deg, spread_deg, 3))
+        t = np.r_[rng.uniform(-0.5, 0.5, 2), rng.uniform(2, 5)]
+        pv[f"j{i:02d}"] = (R, t)
+        pl[f"j{i:02d}"] = (R0 @ R, R0 @ t + t0)
+    return pv, pl
+
+
+def test_pairs_to_turn_finds_the_pairs_numbered_a_half_turn_apart():
+    c = load_board("ir_board").half_turn()[1]
+    rng = np.random.default_rng(3)
+    pv, pl = _rig_poses(rng, 12, 30.0)
+    assert cs.pairs_to_turn(pv, pl, c) == []
+    some = {"j01", "j04", "j09"}
+    assert sorted(cs.pairs_to_turn(pv, {n: cs.half_turned_pose(*p, c) if n in some else p for n, p in pl.items()}, c)) \
+        == sorted(some)
+    # Every pair the other way (the LWIR detector's polarity guess wrong throughout): still found.
+    assert len(cs.pairs_to_turn(pv, {n: cs.half_turned_pose(*p, c) for n, p in pl.items()}, c)) == 12
+    # A genuinely inconsistent pair (1.5 deg off) is not "turned": the consistency check flags it.
+    bent = dict(pl, j02=(rotation_from_vector_deg([1.5, 0, 0]) @ pl["j02"][0], pl["j02"][1]))
+    assert cs.pairs_to_turn(pv, bent, c) == []
+    # Boards all at one orientation: both numberings explain the pairs alike, nothing is turned.
+    R = rotation_from_vector_deg([5, 3, 0])
+    same_v = {n: (R, t) for n, (_, t) in pv.items()}
+    R0 = rotation_from_vector_deg([0.6, -0.8, 0.3])
+    same_l = {n: cs.half_turned_pose(R0 @ R, R0 @ t, c) for n, (_, t) in pv.items()}
+    assert cs.pairs_to_turn(same_v, same_l, c) == []
 
 
 def test_accuracy_on_the_harsh_rig(harsh, harsh_runs):

@@ -40,6 +40,7 @@ class CapturePerturbation:
     board_R: np.ndarray = field(default_factory=lambda: np.eye(3))
     board_t: np.ndarray = field(default_factory=lambda: np.zeros(3))
     outlier_deg: float = 0.0  # the extra rotation of an outlier pair (0: not an outlier)
+    half_turn: bool = False  # the detector numbers this view's board points by a half turn
 
 
 def _small_rotation(rng: np.random.Generator, sigma_deg: float) -> np.ndarray:
@@ -56,9 +57,12 @@ def capture_perturbations(rig: RigConfig, n_captures: int, seed: int = 0) -> lis
 
     Outlier captures: ``round(fraction * n)`` of them, evenly spread from a
     seeded offset, each with an angle drawn uniformly from the range.
+    Half-turned captures: each with probability ``half_turn_fraction``, from a
+    stream of their own (so adding them leaves the other draws unchanged).
     Deterministic from ``seed``; cameras without faults are left out.
     """
     rng = np.random.default_rng([seed, 7919])
+    turns = np.random.default_rng([seed, 7920])
     out: list[dict[str, CapturePerturbation]] = [{} for _ in range(n_captures)]
     for spec in rig.cameras:
         f = spec.sim.faults if spec.sim is not None else None
@@ -82,7 +86,8 @@ def capture_perturbations(rig: RigConfig, n_captures: int, seed: int = 0) -> lis
                 bR = _axis_rotation(rng, f.board_rotation_dps * f.trigger_offset_s)
                 v = rng.normal(size=3)
                 bt = v / np.linalg.norm(v) * f.board_speed_mps * f.trigger_offset_s
-            out[i][spec.name] = CapturePerturbation(dR, dt, bR, bt, angle)
+            turned = bool(f.half_turn_fraction and turns.uniform() < f.half_turn_fraction)
+            out[i][spec.name] = CapturePerturbation(dR, dt, bR, bt, angle, turned)
     return out
 
 
