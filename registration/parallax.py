@@ -20,6 +20,15 @@ can lie beyond infinity, so the far end of the distribution of per-block shifts 
 calibration does. Distant structure (horizon, far buildings, tree lines) is present in nearly
 every road scene; where it is not, the along-baseline shift is left uncorrected.
 
+"Farthest" is not infinity: on a street the far layer may be 50 m away and come nearer as the car
+drives (0.6 px of change on the simulated rig between 50 and 40 m). While the car moves, the visible
+stream itself says how far each block is: its optical flow to a later frame is a rotation (nearly a
+uniform shift) plus ``rho (x - e)`` away from the focus of expansion ``e``, with ``rho`` proportional
+to the inverse depth (:func:`motion_inverse_depth`). A block's along-baseline shift is linear in its
+inverse depth, so a robust line through (rho, shift) extrapolated to ``rho = 0`` is the shift at
+infinity itself (:func:`far_shift` with ``flow``); when the line is not well determined (a car at
+rest, one depth only) the far quantile is used as before.
+
 Everything here is a pure function of its arguments.
 """
 
@@ -37,7 +46,7 @@ from rig.registration.geometry import RegistrationGeometry, centre_and_corners, 
 from rig.registration.warps import WarpModel
 
 __all__ = ["BaselineParallax", "FarStructure", "along_baseline_part", "baseline_parallax", "eliminate_along",
-           "far_shift", "observable_basis"]
+           "far_shift", "motion_inverse_depth", "observable_basis"]
 
 
 @dataclass(frozen=True)
@@ -177,17 +186,93 @@ def eliminate_along(r: np.ndarray, SD: np.ndarray, gx: np.ndarray, gy: np.ndarra
 class FarStructure:
     """The along-baseline shift of the farthest structure (px of the level it was measured at)."""
 
-    shift: float | None  # low quantile of the per-block shifts; None with too few usable blocks
+    shift: float | None  # the shift at infinity (see far_shift); None with too few usable blocks
     blocks: int  # blocks with a clear along-baseline match
     median: float | None  # median per-block shift (the scene's typical parallax), for diagnostics
     agreement: float = 0.0  # energy-weighted mean of every block's best correlation: agreement up to parallax
+    method: str = "quantile"  # "depth": extrapolated to infinity along the blocks' inverse depths; "quantile"
+
+
+def block_flow(flow: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(centres (hb, wb, 2), mean flow (hb, wb, 2))`` of ``block``-px blocks of a dense ``(h, w, 2)`` flow."""
+    h, w = flow.shape[:2]
+    hb, wb = h // block, w // block
+    f = cv2.resize(np.ascontiguousarray(flow[:hb * block, :wb * block], np.float32), (wb, hb),
+                   interpolation=cv2.INTER_AREA)
+    yy, xx = np.mgrid[0:hb, 0:wb]
+    return np.stack([(xx + 0.5) * block - 0.5, (yy + 0.5) * block - 0.5], axis=-1).astype(np.float64), f.astype(np.float64)
+
+
+def motion_inverse_depth(x: np.ndarray, f: np.ndarray, *, iterations: int = 8, min_radius: float = 20.0,
+                         k: float = 3.0) -> np.ndarray:
+    """Inverse depth, up to one scale, of points seen by a camera moving forward: ``rho`` of ``f = r + rho (x - e)``.
+
+    A static scene's flow between two frames of a camera translating towards ``e`` (the focus of expansion)
+    and turning slightly (a near-uniform shift ``r``) is ``r + rho (x - e)`` with ``rho = v dt / Z``. ``e`` and
+    ``r`` are fitted by alternating least squares on the flow's component across the rays from ``e`` (which
+    ``rho`` cannot explain), with blocks whose residual is beyond ``k`` robust sigma (moving objects, flow
+    errors) left out; then ``rho`` is each point's flow along its ray.
+
+    Args:
+        x: ``(N, 2)`` points (px); f: ``(N, 2)`` their flow to the later frame (px).
+        min_radius: points nearer ``e`` than this (px) get NaN (their ``rho`` is ill-determined).
+
+    Returns:
+        ``(N,)`` ``rho`` (positive for a camera moving forward), NaN where undetermined or an outlier; all NaN
+        when the flow shows no forward motion.
+    """
+    x, f = np.asarray(x, np.float64).reshape(-1, 2), np.asarray(f, np.float64).reshape(-1, 2)
+    n = len(x)
+    out = np.full(n, np.nan)
+    if n < 8:
+        return out
+    use = np.ones(n, bool)
+    r = np.zeros(2)
+    e = x.mean(axis=0)
+    for _ in range(iterations):
+        g = f - r
+        # e: (x - e) x g = 0  ->  [g_y, -g_x] . e = x_x g_y - x_y g_x
+        A = np.stack([g[:, 1], -g[:, 0]], axis=1)[use]
+        b = (x[:, 0] * g[:, 1] - x[:, 1] * g[:, 0])[use]
+        try:
+            e = np.linalg.lstsq(A, b, rcond=None)[0]
+        except np.linalg.LinAlgError:
+            return out
+        d = x - e
+        nrm = np.linalg.norm(d, axis=1)
+        nv = np.stack([-d[:, 1], d[:, 0]], axis=1) / np.maximum(nrm, 1e-9)[:, None]  # across the ray
+        # r: minimise sum (n . (f - r))^2
+        M = nv[use].T @ nv[use]
+        if np.linalg.cond(M) > 1e6:
+            return out
+        r = np.linalg.solve(M, nv[use].T @ np.einsum("ij,ij->i", nv[use], f[use]))
+        res = np.abs(np.einsum("ij,ij->i", nv, f - r))
+        scale = 1.4826 * float(np.median(res[use])) + 1e-6
+        use = res < k * max(scale, 0.05)
+        if np.count_nonzero(use) < 8:
+            return out
+    d = x - e
+    nrm2 = np.einsum("ij,ij->i", d, d)
+    rho = np.einsum("ij,ij->i", f - r, d) / np.maximum(nrm2, 1e-9)
+    if not np.median(rho[use]) > 0:  # no forward motion (at rest, reversing, or flow that is not expansion)
+        return out
+    ok = use & (nrm2 > min_radius * min_radius)
+    out[ok] = rho[ok]
+    return out
 
 
 def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], max_shift: float,
               valid: np.ndarray | None = None, *, block: int = 16, step: float = 0.5, quantile: float = 0.1,
               cluster: float = 1.0, min_blocks: int = 12, min_peak: float = 0.5, min_contrast: float = 0.15,
-              contrast_px: float = 2.0) -> FarStructure:
-    """Per-block 1-D search of the shift along ``direction`` that best aligns ``Fw`` to ``Fv``.
+              contrast_px: float = 2.0, flow: np.ndarray | None = None, max_extrapolation: float = 0.5) -> FarStructure:
+    """Per-block 1-D search of the shift along ``direction`` that best aligns ``Fw`` to ``Fv``; the shift at infinity.
+
+    With ``flow`` (the visible image's optical flow to a later frame of a drive, ``(h, w, 2)`` px at this
+    size), each block's inverse depth comes from :func:`motion_inverse_depth`, and the shift at infinity is
+    the intercept at zero inverse depth of a Theil-Sen line through the blocks' (inverse depth, shift): used
+    when at least ``min_blocks`` blocks have both, the line rises with nearness (parallax does), and the
+    extrapolation from the farthest decile to zero is at most ``max_extrapolation`` of the inverse depths'
+    10-90 % span. Otherwise (and without ``flow``) the far layer's median shift is taken.
 
     Args:
         Fv: ``(h, w, C)`` visible feature field; Fw: the LWIR field already warped onto it.
@@ -250,4 +335,28 @@ def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], ma
     s_b = (shifts[bi] + np.clip(off, -0.5, 0.5) * step)[ok]
     k = int(quantile * (n - 1))
     low = float(np.partition(s_b, k)[k])
+    if flow is not None and flow.shape[:2] == (h, w):
+        at_infinity = _shift_at_infinity(s_b, flow, block, ok, min_blocks, max_extrapolation)
+        if at_infinity is not None:
+            return FarStructure(at_infinity, n, float(np.median(s_b)), agreement, "depth")
     return FarStructure(float(np.median(s_b[s_b <= low + cluster])), n, float(np.median(s_b)), agreement)
+
+
+def _shift_at_infinity(s_b: np.ndarray, flow: np.ndarray, block: int, ok: np.ndarray, min_blocks: int,
+                       max_extrapolation: float) -> float | None:
+    """Intercept at zero inverse depth of the blocks' shifts (see :func:`far_shift`), or ``None``."""
+    centres, fb = block_flow(flow, block)
+    rho = motion_inverse_depth(centres.reshape(-1, 2), fb.reshape(-1, 2)).reshape(ok.shape)[ok]
+    have = np.isfinite(rho)
+    if np.count_nonzero(have) < min_blocks:
+        return None
+    q, s = rho[have], s_b[have]
+    lo, hi = np.percentile(q, [10, 90])
+    if not hi > lo or lo > max_extrapolation * (hi - lo):
+        return None
+    dq, ds = q[:, None] - q[None, :], s[:, None] - s[None, :]
+    pos = dq > 0
+    slope = float(np.median(ds[pos] / dq[pos])) if pos.any() else float("nan")  # Theil-Sen
+    if not np.isfinite(slope) or slope <= 0:
+        return None
+    return float(np.median(s - slope * q))

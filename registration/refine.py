@@ -156,6 +156,8 @@ class RefineResult:
         far_shift_px: with ``parallax_dir``: the shift along the baseline taken from the farthest structure
             (px of the pair, relative to ``far_px``); ``None`` when too few blocks located it (then not corrected).
         far_blocks: blocks that located themselves along the baseline.
+        far_method: how ``far_shift_px`` was found: ``"depth"`` (extrapolated to infinity along the blocks'
+            inverse depths from ``flow``) or ``"quantile"`` (the farthest blocks); ``""`` without a baseline.
     """
 
     H: np.ndarray
@@ -174,6 +176,7 @@ class RefineResult:
     work_size: tuple[int, int] = (0, 0)
     far_shift_px: float | None = None
     far_blocks: int = 0
+    far_method: str = ""
 
     def as_dict(self) -> dict:
         """Plain JSON-ready values (for ``frames.jsonl``)."""
@@ -185,7 +188,7 @@ class RefineResult:
                                        else round(float(self.agreement_identity), 4)),
                 "condition": round(float(self.condition), 5),
                 "far_shift_px": None if self.far_shift_px is None else round(float(self.far_shift_px), 3),
-                "far_blocks": int(self.far_blocks)}
+                "far_blocks": int(self.far_blocks), "far_method": self.far_method}
 
 
 # --------------------------------------------------------------------------- corrections in pixels
@@ -330,6 +333,7 @@ def refine_alignment(
     parallax_dir: tuple[float, float] | None = None,
     far_px: float = 0.0,
     camera: np.ndarray | None = None,
+    flow: np.ndarray | None = None,
 ) -> RefineResult:
     """Estimate the residual misalignment of a registered visible/LWIR pair (targetless, cross-modal).
 
@@ -363,6 +367,10 @@ def refine_alignment(
             registration's infinity parallax, px of the pair; negative for a homography at a finite plane).
         camera: ``(3, 3)`` for ``model="rotation"``: the camera that turns, as the registered pair shows it
             (normalised ray -> pair px; e.g. the registration's output-from-LWIR map times the LWIR camera matrix).
+        flow: with ``parallax_dir``, optional ``(h, w, 2)`` optical flow (px) of ``visible`` to a later frame of
+            the drive: while the car moves it ranks the blocks by inverse depth, and the shift along the
+            baseline is extrapolated to infinity instead of read off the farthest blocks
+            (:func:`rig.registration.parallax.far_shift`).
 
     Returns:
         :class:`RefineResult`; ``.H`` is the correction to apply (LWIR px -> visible px), identity when refused.
@@ -533,7 +541,12 @@ def refine_alignment(
         if k == 0 and d_l is not None:
             # The shift along the baseline, hidden from the estimate above, from the farthest structure.
             reach = min(max_shift_px * sx, 0.25 * min(w_l, h_l))
-            far = far_shift(Fv, _warp_features(Fi, A, (w_l, h_l)), d_l, reach, inner)
+            flow_l = None
+            if flow is not None:
+                flow_l = np.asarray(flow, np.float32)
+                if flow_l.shape[:2] != (h_l, w_l):
+                    flow_l = cv2.resize(flow_l, (w_l, h_l), interpolation=cv2.INTER_AREA) * np.float32([sx, sy])
+            far = far_shift(Fv, _warp_features(Fi, A, (w_l, h_l)), d_l, reach, inner, flow=flow_l)
             # Agreement up to parallax at identity (the plain correlation would reward the depth mix); computed
             # only if the agreement-gain check needs it.
             far_identity = partial(far_shift, Fv, Fi, d_l, reach, inner)
@@ -579,7 +592,7 @@ def refine_alignment(
     kw = dict(iterations=iterations, work_size=work_size)
     if far is not None:
         sx0 = pyr[0][3]
-        kw.update(far_blocks=far.blocks, far_shift_px=None if far.shift is None else (far.shift - far_px * sx0) / sx0)
+        kw.update(far_blocks=far.blocks, far_method=far.method, far_shift_px=None if far.shift is None else (far.shift - far_px * sx0) / sx0)
     if not stats:
         return refuse(f"correction beyond max_shift_px ({corr.max_px:.1f} > {max_shift_px:g} px)", est=est, **kw)
     kw.update(structure_fraction=stats["structure_fraction"], inlier_fraction=stats["inlier_fraction"],

@@ -16,7 +16,8 @@ from regfixtures import lwir_to_visible, truth_calibration
 from rig.calibration.homography import parallax_table
 from rig.calibration.results import load_calibration
 from rig.registration.geometry import RegistrationGeometry
-from rig.registration.parallax import baseline_parallax, eliminate_along, far_shift, observable_basis
+from rig.registration.parallax import (baseline_parallax, block_flow, eliminate_along, far_shift, motion_inverse_depth,
+                                      observable_basis)
 from rig.registration.refine import _features, grid_error_px, refine_alignment
 from rig.sim import render_registered
 
@@ -119,6 +120,56 @@ def test_far_shift_finds_the_farthest_layer(pair):
     alone = far_shift(F, _shift(F, -2.0), DIR, max_shift=10.0)
     assert abs(alone.shift + 2.0) < 0.1, alone  # one depth: the far layer is all of it (no tail bias)
     assert far_shift(F, np.zeros_like(F), DIR, max_shift=10.0).shift is None  # nothing matches: no guess
+
+
+def _forward_flow(shape, rho_of_xy, e=(212.0, 131.0), r=(0.7, -0.3)) -> np.ndarray:
+    """Dense flow of a camera moving towards ``e`` and turning slightly: ``r + rho(x, y) (x - e)``."""
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    rho = rho_of_xy(x, y)
+    return np.stack([r[0] + rho * (x - e[0]), r[1] + rho * (y - e[1])], axis=-1).astype(np.float32)
+
+
+def test_motion_inverse_depth_recovers_rho_with_the_focus_of_expansion_and_turn_unknown():
+    rng = np.random.default_rng(2)
+    x = np.stack(np.meshgrid(np.arange(8, 400, 16.0), np.arange(8, 300, 16.0)), axis=-1).reshape(-1, 2)
+    rho = 0.02 + 0.2 * (x[:, 1] / 300.0) ** 2  # nearer towards the bottom (the road)
+    e, r = np.array([212.0, 131.0]), np.array([0.7, -0.3])
+    f = r + rho[:, None] * (x - e) + rng.normal(0, 0.02, x.shape)
+    movers = rng.choice(len(x), 8, replace=False)
+    f[movers] += rng.normal(0, 3.0, (8, 2))  # other cars: not the static scene
+    est = motion_inverse_depth(x, f)
+    good = np.isfinite(est)
+    assert not good[movers].any() or np.abs(est[movers][good[movers]] - rho[movers][good[movers]]).max() < 0.01
+    assert np.count_nonzero(good) > 0.8 * len(x)
+    assert np.abs(est[good] - rho[good]).max() < 0.005
+    assert not good[np.linalg.norm(x - e, axis=1) < 20].any()  # at the focus of expansion: undetermined
+    assert np.isnan(motion_inverse_depth(x, np.zeros_like(f))).all()  # at rest: nothing
+    assert np.isnan(motion_inverse_depth(x, -(rho[:, None] * (x - e)))).all()  # contraction (reversing): nothing
+
+
+def test_far_shift_extrapolates_to_infinity_along_depth(pair):
+    """Five depth bands (inverse depth 0.05-0.3, the farthest 20 m for 0.2 s at 5 m/s... any scale) shifted along
+    the baseline by -2 + 20 rho: the farthest blocks say -1 (their own parallax); the line through
+    (inverse depth, shift) says -2, the shift at infinity. Without forward motion: the farthest blocks."""
+    vis, _ = pair
+    F, _ = _features(vis.astype(np.float32), 1.0)
+    h = F.shape[0]
+    bands = np.minimum((np.arange(h) * 5) // h, 4)
+    rho_band = np.array([0.05, 0.1, 0.15, 0.22, 0.3])
+    warped = np.empty_like(F)
+    for b in range(5):
+        rows = bands == b
+        warped[rows] = _shift(F, -2.0 + 20.0 * rho_band[b])[rows]
+    flow = _forward_flow(F.shape[:2], lambda x, y: rho_band[np.minimum((y.astype(int) * 5) // h, 4)])
+    plain = far_shift(F, warped, DIR, max_shift=10.0)
+    assert plain.method == "quantile" and abs(plain.shift + 1.0) < 0.2, plain
+    deep = far_shift(F, warped, DIR, max_shift=10.0, flow=flow)
+    assert deep.method == "depth" and abs(deep.shift + 2.0) < 0.15, deep
+    at_rest = far_shift(F, warped, DIR, max_shift=10.0, flow=np.zeros_like(flow))
+    assert at_rest.method == "quantile" and at_rest.shift == plain.shift
+    centres, fb = block_flow(flow, 16)
+    assert centres.shape == fb.shape == (h // 16, F.shape[1] // 16, 2)
 
 
 def test_depth_change_does_not_move_the_baseline_aware_estimate(pair):
