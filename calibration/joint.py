@@ -201,8 +201,8 @@ def solve_joint(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str],
     Raises :class:`~rig.errors.RigError` when too few consistent pairs remain.
     """
     turned: list[str] = []
+    names = paired_views(vis, lw)
     if half_turn is not None:
-        names = paired_views(vis, lw)
         turned = pairs_to_turn({n: vis.poses[n] for n in names if n in vis.poses},
                                {n: lw.poses[n] for n in names if n in lw.poses}, half_turn[1])
         if turned:
@@ -210,7 +210,7 @@ def solve_joint(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str],
     out = _solve_checked(vis, lw, free, options)
     if turned:
         out.turned = turned
-        out.notes.insert(0, f"{lw.camera}: the board's point order in {len(turned)} of {len(paired_views(vis, lw))} "
+        out.notes.insert(0, f"{lw.camera}: the board's point order in {len(turned)} of {len(names)} "
                             f"paired views was a half turn from the visible detection's ({_names(turned)}); "
                             "renumbered to match (the board's colours did not fix its orientation in that image)")
     return out

@@ -278,8 +278,7 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
     noise_px = estimate_scatter(H, smoothed, acc, size)
     # The along-baseline shift of the farthest blocks is that of a far layer at an unknown depth: only its changes
     # count, relative to the drive's start. Extrapolated to infinity along the blocks' depths, it is measured.
-    along_measured = any(r.accepted and r.far_method == "depth" for r in results.values())
-    relative = settings.reference == "start" or (settings.reference == "along" and not along_measured)
+    relative = settings.reference == "start" or (settings.reference == "along" and not along_measured(results))
     if relative and acc.any():
         # The trend's value at the first accepted estimate is the calibrated state (see the module docstring).
         ref = smoothed[int(np.flatnonzero(acc)[0])]
@@ -295,12 +294,17 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
     return CorrectionTrack(smoothed, results, drift, noise_px, tau)
 
 
+def along_measured(results: dict) -> bool:
+    """Whether some accepted estimate extrapolated the shift along the baseline to infinity (the car moved)."""
+    return any(r.accepted and r.far_method == "depth" for r in results.values())
+
+
 def consistent_far_method(results: dict) -> dict:
     """One way of finding the shift along the baseline per drive: where some accepted estimates extrapolated it to
     infinity along the blocks' depths (the car moved), those that could only take the farthest blocks are refused
     (their far layer is nearer than infinity: a bias of up to a pixel or more that would jump in and out of the
     trend); the smoothing fills them in from their neighbours."""
-    if not any(r.accepted and r.far_method == "depth" for r in results.values()):
+    if not along_measured(results):
         return results
     out = {}
     for k, r in results.items():

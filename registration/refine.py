@@ -592,7 +592,8 @@ def refine_alignment(
     kw = dict(iterations=iterations, work_size=work_size)
     if far is not None:
         sx0 = pyr[0][3]
-        kw.update(far_blocks=far.blocks, far_method=far.method, far_shift_px=None if far.shift is None else (far.shift - far_px * sx0) / sx0)
+        kw.update(far_blocks=far.blocks, far_method=far.method,
+                  far_shift_px=None if far.shift is None else (far.shift - far_px * sx0) / sx0)
     if not stats:
         return refuse(f"correction beyond max_shift_px ({corr.max_px:.1f} > {max_shift_px:g} px)", est=est, **kw)
     kw.update(structure_fraction=stats["structure_fraction"], inlier_fraction=stats["inlier_fraction"],

@@ -140,7 +140,7 @@ def test_motion_inverse_depth_recovers_rho_with_the_focus_of_expansion_and_turn_
     f[movers] += rng.normal(0, 3.0, (8, 2))  # other cars: not the static scene
     est = motion_inverse_depth(x, f)
     good = np.isfinite(est)
-    assert not good[movers].any() or np.abs(est[movers][good[movers]] - rho[movers][good[movers]]).max() < 0.01
+    assert not good[movers].any()  # left out, not given a wrong depth
     assert np.count_nonzero(good) > 0.8 * len(x)
     assert np.abs(est[good] - rho[good]).max() < 0.005
     assert not good[np.linalg.norm(x - e, axis=1) < 20].any()  # at the focus of expansion: undetermined

@@ -384,3 +384,21 @@ def test_theil_sen_matches_scipy():
             y[10:13] = y[10]
         ref = theilslopes(y, x)
         assert np.allclose(theil_sen(y, x), (ref.slope, ref.low_slope, ref.high_slope), rtol=1e-12, atol=1e-12)
+
+
+def test_one_way_of_finding_the_along_baseline_shift_per_drive():
+    """Once some estimates of a drive measured the along-baseline shift along depth, those that could only use the
+    farthest blocks are refused (their bias would jump in and out of the trend); without any, nothing changes."""
+    from rig.registration.correction import along_measured, consistent_far_method
+
+    def result(method: str, accepted: bool = True) -> RefineResult:
+        H = np.array([[1.0, 0, 2.0], [0, 1.0, 0], [0, 0, 1.0]])
+        return RefineResult(H, accepted, 0.8, "", H, correction_px(H, (320, 240)), "rotation", far_method=method)
+
+    mixed = {0: result("depth"), 3: result("quantile"), 6: result("depth"), 9: result("quantile", accepted=False)}
+    out = consistent_far_method(mixed)
+    assert along_measured(mixed) and [k for k, r in out.items() if r.accepted] == [0, 6]
+    assert np.array_equal(out[3].H, np.eye(3)) and "along depth" in out[3].reason
+    assert out[0] is mixed[0] and out[9] is mixed[9]
+    still = {0: result("quantile"), 3: result("quantile")}
+    assert not along_measured(still) and consistent_far_method(still) == still
