@@ -204,7 +204,7 @@ def block_flow(flow: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def motion_inverse_depth(x: np.ndarray, f: np.ndarray, *, iterations: int = 8, min_radius: float = 20.0,
-                         k: float = 3.0) -> np.ndarray:
+                         k: float = 3.0, min_expansion_px: float = 0.5) -> np.ndarray:
     """Inverse depth, up to one scale, of points seen by a camera moving forward: ``rho`` of ``f = r + rho (x - e)``.
 
     A static scene's flow between two frames of a camera translating towards ``e`` (the focus of expansion)
@@ -213,9 +213,15 @@ def motion_inverse_depth(x: np.ndarray, f: np.ndarray, *, iterations: int = 8, m
     ``rho`` cannot explain), with blocks whose residual is beyond ``k`` robust sigma (moving objects, flow
     errors) left out; then ``rho`` is each point's flow along its ray.
 
+    The expansion must stand out from the flow's noise: the median flow along the rays (``rho |x - e|``) at
+    least ``min_expansion_px`` and ``k`` times the robust spread of the flow across them. A car at rest (or
+    two frames that show the same instant) gives flow that is only noise, whose component along the rays of
+    a fitted ``e`` is as often positive as not: ranking its "depths" would put a guess into the estimate.
+
     Args:
         x: ``(N, 2)`` points (px); f: ``(N, 2)`` their flow to the later frame (px).
         min_radius: points nearer ``e`` than this (px) get NaN (their ``rho`` is ill-determined).
+        min_expansion_px: least median flow along the rays (px) that counts as forward motion.
 
     Returns:
         ``(N,)`` ``rho`` (positive for a camera moving forward), NaN where undetermined or an outlier; all NaN
@@ -254,7 +260,8 @@ def motion_inverse_depth(x: np.ndarray, f: np.ndarray, *, iterations: int = 8, m
     d = x - e
     nrm2 = np.einsum("ij,ij->i", d, d)
     rho = np.einsum("ij,ij->i", f - r, d) / np.maximum(nrm2, 1e-9)
-    if not np.median(rho[use]) > 0:  # no forward motion (at rest, reversing, or flow that is not expansion)
+    expansion = float(np.median(rho[use] * np.sqrt(nrm2[use])))  # median flow along the rays (px)
+    if not expansion > max(min_expansion_px, k * scale):  # no forward motion: at rest, reversing, or only noise
         return out
     ok = use & (nrm2 > min_radius * min_radius)
     out[ok] = rho[ok]

@@ -148,6 +148,20 @@ def test_motion_inverse_depth_recovers_rho_with_the_focus_of_expansion_and_turn_
     assert np.isnan(motion_inverse_depth(x, -(rho[:, None] * (x - e)))).all()  # contraction (reversing): nothing
 
 
+def test_motion_inverse_depth_gives_nothing_for_flow_that_is_only_noise():
+    """A car at rest (or two frames of one instant): the flow is noise, whose component along the rays of a fitted
+    focus of expansion is positive as often as not. Before the expansion had to stand out from the noise, every
+    one of these gave "depths" (and the drive's shift along the baseline a 5-7 px error on the simulator)."""
+    x = np.stack(np.meshgrid(np.arange(8, 400, 16.0), np.arange(8, 300, 16.0)), axis=-1).reshape(-1, 2)
+    e = np.array([212.0, 131.0])
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        f = 0.0005 * (x - e) + rng.normal(0, 0.02, x.shape)  # 0.05 px of expansion at 100 px, in 0.02 px of noise
+        assert np.isnan(motion_inverse_depth(x, f)).all(), seed
+    slow = 0.01 * (x - e) + np.random.default_rng(0).normal(0, 0.02, x.shape)  # ~1 px at 100 px: a slow car
+    assert np.count_nonzero(np.isfinite(motion_inverse_depth(x, slow))) > 0.8 * len(x)
+
+
 def test_far_shift_extrapolates_to_infinity_along_depth(pair):
     """Five depth bands (inverse depth 0.05-0.3, the farthest 20 m for 0.2 s at 5 m/s... any scale) shifted along
     the baseline by -2 + 20 rho: the farthest blocks say -1 (their own parallax); the line through
