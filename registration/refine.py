@@ -268,19 +268,27 @@ def _rotation_of(A: np.ndarray) -> float:
 def _sample_features(F: np.ndarray, A: np.ndarray, pts: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``F`` sampled at ``A @ pts`` with the doubled angles turned back by ``A``'s rotation, and which were inside."""
     w, h = size
-    u, v = apply_h(A, pts).astype(np.float32).T
-    n, cols = len(u), 1024  # remap wants maps under 32767 px a side: lay the points out in rows
+    n, cols = len(pts), 1024  # remap wants maps under 32767 px a side: lay the points out in rows
     rows = -(-n // cols)
     mu, mv = np.zeros(rows * cols, np.float32), np.zeros(rows * cols, np.float32)
-    mu[:n], mv[:n] = u, v
+    # A @ pts in float32 (level px of at most a few hundred: ~1e-5 px), written straight into the maps.
+    Af = A.astype(np.float32)
+    x, y = np.asarray(pts[:, 0], np.float32), np.asarray(pts[:, 1], np.float32)
+    z = Af[2, 0] * x + Af[2, 1] * y + Af[2, 2]
+    u, v = mu[:n], mv[:n]
+    np.divide(Af[0, 0] * x + Af[0, 1] * y + Af[0, 2], z, out=u)
+    np.divide(Af[1, 0] * x + Af[1, 1] * y + Af[1, 2], z, out=v)
     Fw = cv2.remap(F, mu.reshape(rows, cols), mv.reshape(rows, cols), cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                    borderValue=0).reshape(rows * cols, -1)[:n]
     ok = (u >= 1.0) & (u <= w - 2.0) & (v >= 1.0) & (v <= h - 2.0)
     r = _rotation_of(A)
     if abs(r) > 1e-9:  # an edge at A x is turned by rot(A) relative to the template: turn its doubled angle back
-        c, s = math.cos(2 * r), math.sin(2 * r)
-        Rm = np.array([[c, -s], [s, c]], np.float32)
-        Fw = np.concatenate([Fw[:, j:j + 2] @ Rm for j in range(0, Fw.shape[1], 2)], axis=1)
+        c, s = np.float32(math.cos(2 * r)), np.float32(math.sin(2 * r))
+        a, b = Fw[:, 0::2], Fw[:, 1::2]  # every channel pair (x, y) -> (x, y) @ [[c, -s], [s, c]]
+        turned = np.empty_like(Fw)
+        turned[:, 0::2] = a * c + b * s
+        turned[:, 1::2] = b * c - a * s
+        Fw = turned
     return Fw, ok
 
 
