@@ -510,7 +510,9 @@ def test_corrected_lwir_table_is_the_table_composed_with_the_inverse_correction(
     src = np.c_[uv, np.ones(4)] @ np.linalg.inv(C).T
     expect = output_to_raw_lwir(geom, src[:, :2] / src[:, 2:])
     got = np.stack([tx[uv[:, 1].astype(int), uv[:, 0].astype(int)], ty[uv[:, 1].astype(int), uv[:, 0].astype(int)]], 1)
-    assert np.abs(got - expect).max() < 0.01
+    # OpenCV's bilinear warps place samples to 1/32 px: with the table's slope (~0.8 raw px per output px), a
+    # sample is within ~0.0125 raw px of the table evaluated exactly (nodes every 4 px, then a bilinear resize).
+    assert np.abs(got - expect).max() < 0.02
 
 
 # --------------------------------------------------------------------------- --refine against ground truth
