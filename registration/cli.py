@@ -21,8 +21,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", action="store_true",
                    help="measure the residual LWIR misalignment per pair (targetless), smooth it over the drive and "
                         "correct it inside the same remap; frames.jsonl and manifest.yaml record it")
-    p.add_argument("--refine-rate", type=float, default=2.5, metavar="HZ",
-                   help="with --refine: estimates per second of drive, the others take the smoothed trend (default 2.5)")
+    p.add_argument("--refine-rate", type=float, default=None, metavar="HZ",
+                   help="with --refine: estimates per second of drive, the others take the smoothed trend "
+                        "(default 5; fewer are faster and follow a drift less closely)")
     p.add_argument("--refine-every", type=int, default=0, metavar="K",
                    help="with --refine: estimate every K-th registered pair instead of --refine-rate (default 0: "
                         "use the rate)")
@@ -62,10 +63,10 @@ def run(args: argparse.Namespace, fuse: bool) -> int:
 
     if args.refine_every < 0:
         raise RigError(f"--refine-every must be >= 0 (0: use --refine-rate), got {args.refine_every}")
-    if not args.refine_rate > 0:
-        raise RigError(f"--refine-rate must be > 0 (estimates per second of drive), got {args.refine_rate:g}")
-    refine = (RefineSettings(every=args.refine_every, rate_hz=args.refine_rate, model=args.refine_model)
-              if args.refine else None)
+    rate = RefineSettings.rate_hz if args.refine_rate is None else args.refine_rate
+    if not rate > 0:
+        raise RigError(f"--refine-rate must be > 0 (estimates per second of drive), got {rate:g}")
+    refine = RefineSettings(every=args.refine_every, rate_hz=rate, model=args.refine_model) if args.refine else None
     options = RegisterOptions(refine=refine,
                               out=args.out, calibration=args.calibration, workers=args.workers, every=args.every,
                               force=args.force, fuse=fuse, device=getattr(args, "device", "cpu"),
