@@ -271,7 +271,8 @@ def motion_inverse_depth(x: np.ndarray, f: np.ndarray, *, iterations: int = 8, m
 def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], max_shift: float,
               valid: np.ndarray | None = None, *, block: int = 16, step: float = 1.0, quantile: float = 0.1,
               cluster: float = 1.0, min_blocks: int = 12, min_peak: float = 0.5, min_contrast: float = 0.15,
-              contrast_px: float = 2.0, flow: np.ndarray | None = None, max_extrapolation: float = 0.5) -> FarStructure:
+              contrast_px: float = 2.0, flow: np.ndarray | None = None, max_extrapolation: float = 0.5,
+              beyond_far: float = 0.1) -> FarStructure:
     """Per-block 1-D search of the shift along ``direction`` that best aligns ``Fw`` to ``Fv``; the shift at infinity.
 
     With ``flow`` (the visible image's optical flow to a later frame of a drive, ``(h, w, 2)`` px at this
@@ -279,7 +280,9 @@ def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], ma
     the intercept at zero inverse depth of a Theil-Sen line through the blocks' (inverse depth, shift): used
     when at least ``min_blocks`` blocks have both, the line rises with nearness (parallax does), and the
     extrapolation from the farthest decile to zero is at most ``max_extrapolation`` of the inverse depths'
-    10-90 % span. Otherwise (and without ``flow``) the far layer's median shift is taken.
+    10-90 % span, and the intercept is not above the far layer's shift by more than ``beyond_far`` px (nothing
+    static lies beyond infinity; above it, blocks that are not the static scene tilted the line). Otherwise
+    (and without ``flow``) the far layer's median shift is taken.
 
     Args:
         Fv: ``(h, w, C)`` visible feature field; Fw: the LWIR field already warped onto it.
@@ -295,6 +298,7 @@ def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], ma
         min_peak: least normalised correlation at a block's best shift.
         min_contrast: least drop of the correlation ``contrast_px`` either side (a block whose edges run along
             the baseline cannot locate itself along it).
+        beyond_far: with ``flow``, how far (px) the shift at infinity may lie above the far layer's (its noise).
 
     Also returns the *agreement up to parallax*: the energy-weighted mean over blocks of each block's best
     correlation along the baseline, which, unlike a plain correlation of the two fields, does not change
@@ -343,11 +347,14 @@ def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], ma
     s_b = (shifts[bi] + np.clip(off, -0.5, 0.5) * step)[ok]
     k = int(quantile * (n - 1))
     low = float(np.partition(s_b, k)[k])
+    far_layer = float(np.median(s_b[s_b <= low + cluster]))
     if flow is not None and flow.shape[:2] == (h, w):
         at_infinity = _shift_at_infinity(s_b, flow, block, ok, min_blocks, max_extrapolation)
-        if at_infinity is not None:
+        # Nothing static is farther than infinity: its shift is at most the far layer's. Above it, blocks that
+        # are not the static scene (a car ahead moving with us: no flow, a near object's shift) tilted the line.
+        if at_infinity is not None and at_infinity <= far_layer + beyond_far:
             return FarStructure(at_infinity, n, float(np.median(s_b)), agreement, "depth")
-    return FarStructure(float(np.median(s_b[s_b <= low + cluster])), n, float(np.median(s_b)), agreement)
+    return FarStructure(far_layer, n, float(np.median(s_b)), agreement)
 
 
 def _shift_at_infinity(s_b: np.ndarray, flow: np.ndarray, block: int, ok: np.ndarray, min_blocks: int,

@@ -148,6 +148,29 @@ def test_motion_inverse_depth_recovers_rho_with_the_focus_of_expansion_and_turn_
     assert np.isnan(motion_inverse_depth(x, -(rho[:, None] * (x - e)))).all()  # contraction (reversing): nothing
 
 
+def test_far_shift_does_not_read_a_car_moving_with_us_as_infinity(pair):
+    """The depth bands of the test below, and in the left third a car ahead moving with us: its flow is the turn
+    alone (no expansion: an inverse depth of zero, "infinity"), its shift that of a near object. Those blocks sit
+    where the line is read and lifted its intercept above the far layer, which nothing static can be beyond
+    (4-5 px at the output on a simulated drive); such a line is not taken."""
+    vis, _ = pair
+    F, _ = _features(vis.astype(np.float32), 1.0)
+    h, w = F.shape[:2]
+    bands = np.minimum((np.arange(h) * 5) // h, 4)
+    rho_band = np.array([0.05, 0.1, 0.15, 0.22, 0.3])
+    warped = np.empty_like(F)
+    for b in range(5):
+        rows = bands == b
+        warped[rows] = _shift(F, -2.0 + 20.0 * rho_band[b])[rows]
+    car = np.zeros((h, w), bool)
+    car[:, : w // 3] = True
+    warped[car] = _shift(F, 1.5)[car]
+    flow = _forward_flow(F.shape[:2], lambda x, y: np.where(x < w // 3, 0.0,
+                                                            rho_band[np.minimum((y.astype(int) * 5) // h, 4)]))
+    got = far_shift(F, warped, DIR, max_shift=10.0, flow=flow)
+    assert got.shift is not None and got.shift <= -0.9, got  # the far layer (-1), not a line lifted above it
+
+
 def test_motion_inverse_depth_gives_nothing_for_flow_that_is_only_noise():
     """A car at rest (or two frames of one instant): the flow is noise, whose component along the rays of a fitted
     focus of expansion is positive as often as not. Before the expansion had to stand out from the noise, every
