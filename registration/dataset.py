@@ -58,10 +58,17 @@ def frame_name(index: int) -> str:
 # default (level 1, adaptive filters, default strategy) for files ~10 % larger; still lossless.
 FAST_PNG = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)
+# Single-channel images (LWIR 8- and 16-bit, labels): run-length matches after the "Up" filter. On the sim's
+# 800x600 frames 2.1 vs 4.1 ms and 45 vs 72 kB (8-bit), 10.4 vs 11.8 ms (16-bit); for colour it is slower.
+FAST_PNG_MONO = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+                 cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)
 
 
-def write_png(path: Path, image: np.ndarray, params: tuple = FAST_PNG) -> None:
-    """Encode and write atomically (temporary name, then rename)."""
+def write_png(path: Path, image: np.ndarray, params: tuple | None = None) -> None:
+    """Encode and write atomically (temporary name, then rename); ``params`` default to the fast settings for
+    the image's channel count (:data:`FAST_PNG`, :data:`FAST_PNG_MONO`)."""
+    if params is None:
+        params = FAST_PNG_MONO if image.ndim == 2 or image.shape[2] == 1 else FAST_PNG
     ok, buf = cv2.imencode(".png", image, list(params))
     if not ok:
         raise RigError("could not encode PNG", path=path)
