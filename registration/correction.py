@@ -87,8 +87,9 @@ class RefineSettings:
     """``--refine`` options."""
 
     # Estimates per second of drive. A single estimate scatters by ~0.6 px (its shift along the baseline), so the
-    # trend needs several within +-sigma_s: on the simulator's drives 2.5 Hz with sigma_s 1 s met the targets on 4
-    # of 7 drifting and 6 of 8 static drives, 5 Hz with 0.5 s on 6 of 7 and 7-8 of 8 (benchmarks/bench_refine_drives).
+    # trend needs several within +-sigma_s: on the simulator's drives (every frame rendered) 2.5 Hz with sigma_s 1 s
+    # met the targets on 4 of 7 drifting and 6 of 8 static drives, 5 Hz with 0.5 s on 5 of 7 and 8 of 8
+    # (benchmarks/bench_refine_drives.py).
     rate_hz: float = 5.0
     every: int = 0  # > 0: estimate every K-th registered pair instead (whatever the frame rate)
     work_size: tuple[int, int] = (320, 240)  # low-resolution registered pair the estimate is made on
