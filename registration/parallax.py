@@ -43,6 +43,7 @@ import numpy as np
 from rig.calibration.homography import parallax_displacement
 from rig.camera_model import apply_h
 from rig.registration.geometry import RegistrationGeometry, centre_and_corners, output_to_visible, visible_to_output
+from rig.registration.robust import pairwise_slopes
 from rig.registration.warps import WarpModel
 
 __all__ = ["BaselineParallax", "FarStructure", "along_baseline_part", "baseline_parallax", "eliminate_along",
@@ -369,9 +370,8 @@ def _shift_at_infinity(s_b: np.ndarray, flow: np.ndarray, block: int, ok: np.nda
     lo, hi = np.percentile(q, [10, 90])
     if not hi > lo or lo > max_extrapolation * (hi - lo):
         return None
-    dq, ds = q[:, None] - q[None, :], s[:, None] - s[None, :]
-    pos = dq > 0
-    slope = float(np.median(ds[pos] / dq[pos])) if pos.any() else float("nan")  # Theil-Sen
+    slopes = pairwise_slopes(s, q)
+    slope = float(np.median(slopes)) if slopes.size else float("nan")  # Theil-Sen
     if not np.isfinite(slope) or slope <= 0:
         return None
     return float(np.median(s - slope * q))

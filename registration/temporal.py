@@ -15,6 +15,7 @@ import numpy as np
 
 from rig.registration.geometry import centre_and_corners
 from rig.registration.refine import _TUKEY_C, _tukey
+from rig.registration.robust import theil_sen
 
 __all__ = ["DriftReport", "detect_drift", "smooth_corrections"]
 
@@ -147,6 +148,7 @@ def smooth_corrections(
         raise ValueError(f"confidence has shape {conf.shape}, expected ({n},)")
     if sigma <= 0:
         raise ValueError("sigma must be > 0")
+
     def done(out: np.ndarray, spread: np.ndarray):
         return (out, spread) if return_spread else out
 
@@ -208,34 +210,6 @@ def smooth_corrections(
             j = idx[np.argmin(np.abs(t[idx] - t[k]))]
             out[k], spread[k] = out[j], spread[j]
     return done(_from_displacements(out.reshape(n, -1, 2), size), spread)
-
-
-_Z95 = 1.959963984540054  # two-sided 95 % normal quantile
-
-
-def _ties(v: np.ndarray) -> np.ndarray:
-    counts = np.unique(v, return_counts=True)[1]
-    return counts[counts > 1].astype(np.float64)
-
-
-def theil_sen(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
-    """Theil-Sen slope (median of pairwise slopes) and its 95 % interval (Sen 1968, eq. 2.6, with tie
-    corrections): ``(slope, low, high)``. The same numbers as ``scipy.stats.theilslopes`` (tested), without
-    importing scipy.stats (about a second, once per process, on every ``rig register --refine``)."""
-    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
-    dx = x[:, None] - x[None, :]
-    dy = y[:, None] - y[None, :]
-    pos = dx > 0
-    slopes = np.sort(dy[pos] / dx[pos])
-    if slopes.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    med = float(np.median(slopes))
-    n, nt = len(y), len(slopes)
-    tie = lambda k: float(np.sum(k * (k - 1) * (2 * k + 5)))  # noqa: E731
-    sigma = np.sqrt(max((n * (n - 1) * (2 * n + 5) - tie(_ties(x)) - tie(_ties(y))) / 18.0, 0.0))
-    ru = min(int(np.round((nt + _Z95 * sigma) / 2.0)), nt - 1)
-    rl = max(int(np.round((nt - _Z95 * sigma) / 2.0)) - 1, 0)
-    return med, float(slopes[rl]), float(slopes[ru])
 
 
 def detect_drift(

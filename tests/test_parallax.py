@@ -7,6 +7,7 @@ epipolar direction, and that must not move the estimate; a real misalignment mus
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -130,6 +131,21 @@ def _forward_flow(shape, rho_of_xy, e=(212.0, 131.0), r=(0.7, -0.3)) -> np.ndarr
     return np.stack([r[0] + rho * (x - e[0]), r[1] + rho * (y - e[1])], axis=-1).astype(np.float32)
 
 
+RHO_BANDS = np.array([0.05, 0.1, 0.15, 0.22, 0.3])  # inverse depth of five horizontal bands, top to bottom
+
+
+def _depth_bands(F: np.ndarray) -> tuple[np.ndarray, Callable]:
+    """``F`` with each of five horizontal bands shifted along the baseline by ``-2 + 20 rho`` (the shift at
+    infinity is -2; the farthest band says -1), and ``rho(x, y)`` of the bands."""
+    h = F.shape[0]
+    bands = np.minimum((np.arange(h) * 5) // h, 4)
+    warped = np.empty_like(F)
+    for b in range(5):
+        rows = bands == b
+        warped[rows] = _shift(F, -2.0 + 20.0 * RHO_BANDS[b])[rows]
+    return warped, lambda x, y: RHO_BANDS[np.minimum((y.astype(int) * 5) // h, 4)]
+
+
 def test_motion_inverse_depth_recovers_rho_with_the_focus_of_expansion_and_turn_unknown():
     rng = np.random.default_rng(2)
     x = np.stack(np.meshgrid(np.arange(8, 400, 16.0), np.arange(8, 300, 16.0)), axis=-1).reshape(-1, 2)
@@ -155,18 +171,12 @@ def test_far_shift_does_not_read_a_car_moving_with_us_as_infinity(pair):
     (4-5 px at the output on a simulated drive); such a line is not taken."""
     vis, _ = pair
     F, _ = _features(vis.astype(np.float32), 1.0)
-    h, w = F.shape[:2]
-    bands = np.minimum((np.arange(h) * 5) // h, 4)
-    rho_band = np.array([0.05, 0.1, 0.15, 0.22, 0.3])
-    warped = np.empty_like(F)
-    for b in range(5):
-        rows = bands == b
-        warped[rows] = _shift(F, -2.0 + 20.0 * rho_band[b])[rows]
-    car = np.zeros((h, w), bool)
+    w = F.shape[1]
+    warped, rho = _depth_bands(F)
+    car = np.zeros(F.shape[:2], bool)
     car[:, : w // 3] = True
     warped[car] = _shift(F, 1.5)[car]
-    flow = _forward_flow(F.shape[:2], lambda x, y: np.where(x < w // 3, 0.0,
-                                                            rho_band[np.minimum((y.astype(int) * 5) // h, 4)]))
+    flow = _forward_flow(F.shape[:2], lambda x, y: np.where(x < w // 3, 0.0, rho(x, y)))
     got = far_shift(F, warped, DIR, max_shift=10.0, flow=flow)
     assert got.shift is not None and got.shift <= -0.9, got  # the far layer (-1), not a line lifted above it
 
@@ -192,13 +202,8 @@ def test_far_shift_extrapolates_to_infinity_along_depth(pair):
     vis, _ = pair
     F, _ = _features(vis.astype(np.float32), 1.0)
     h = F.shape[0]
-    bands = np.minimum((np.arange(h) * 5) // h, 4)
-    rho_band = np.array([0.05, 0.1, 0.15, 0.22, 0.3])
-    warped = np.empty_like(F)
-    for b in range(5):
-        rows = bands == b
-        warped[rows] = _shift(F, -2.0 + 20.0 * rho_band[b])[rows]
-    flow = _forward_flow(F.shape[:2], lambda x, y: rho_band[np.minimum((y.astype(int) * 5) // h, 4)])
+    warped, rho = _depth_bands(F)
+    flow = _forward_flow(F.shape[:2], rho)
     plain = far_shift(F, warped, DIR, max_shift=10.0)
     assert plain.method == "quantile" and abs(plain.shift + 1.0) < 0.2, plain
     deep = far_shift(F, warped, DIR, max_shift=10.0, flow=flow)

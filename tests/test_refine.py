@@ -393,7 +393,7 @@ def test_estimates_follow_time_not_the_frame_rate():
 def test_theil_sen_matches_scipy():
     from scipy.stats import theilslopes
 
-    from rig.registration.temporal import theil_sen
+    from rig.registration.robust import theil_sen
 
     rng = np.random.default_rng(4)
     for n, ties in ((12, False), (60, False), (40, True)):

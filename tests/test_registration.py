@@ -527,8 +527,8 @@ def _applied(entry: dict, size) -> np.ndarray:
 @pytest.fixture(scope="module")
 def refined_drives(sim_rig, truth_cal, tmp_path_factory):
     """A 2 s drive with drift + vibration and a 4 s drive of a static rig whose depth mix changes (seed 7), each
-    registered without and with --refine (its defaults); the static one also as --refine did before the baseline's parallax was
-    kept out (a similarity, relative to the start, parallax taken for misalignment)."""
+    registered without and with --refine (its defaults); the static one also as --refine did before the baseline's
+    parallax was kept out (a similarity, relative to the start, parallax taken for misalignment)."""
     from rig.registration.correction import RefineSettings
     from rig.sim import RigMotion
 
