@@ -213,7 +213,8 @@ def _pm(value: float, sigma, nd: int = 2) -> str:
 def intrinsics_table(run) -> str:
     """Per camera: parameters with their sigma, and the own-fit and joint RMS side by side (one number, one meaning)."""
     rows = ["<h2>Intrinsics</h2><p>RMS on each camera's own views: <i>own fit</i> is the camera calibrated alone, "
-            "<i>joint</i> the joint solve of both cameras (stored unless the guard kept the own fit).</p>"
+            "<i>joint</i> the joint solve of both cameras (stored unless the guard kept the own fit, and held-out pairs "
+            "did not overrule it).</p>"
             "<table><tr><th>camera</th><th>model</th><th>fx</th><th>fy</th><th>cx</th><th>cy</th><th>distortion "
             "(&plusmn; &sigma;)</th><th>RMS own fit px</th><th>RMS joint px</th><th>kept</th><th>views</th></tr>"]
     checks = (run.bundle or {}).get("checks") or {}
@@ -230,6 +231,13 @@ def intrinsics_table(run) -> str:
             f"<td>{_pm(float(r.K[i, j]), s.get(k))}</td>" for (i, j), k in (((0, 0), 'fx'), ((1, 1), 'fy'), ((0, 2), 'cx'), ((1, 2), 'cy')))
             + f"<td>{dist}</td><td>{_fmt(own.rms_px)}</td><td>{joint}</td><td>{kept}</td><td>{len(r.views)}</td></tr>")
     rows.append("</table>")
+    ho = (run.bundle or {}).get("held_out")
+    if ho:
+        rows.append(f"<p class='note'>Guard and held-out pairs: the joint solve went beyond a camera's own-fit limits; "
+                    f"fitted again without each of {ho['folds']} folds of pairs, it registers the held-out pairs at "
+                    f"{ho['joint_px']:.2f} px, the own fit at {ho['guarded_px']:.2f} px (mean, {ho['pairs']} pairs). "
+                    f"Kept: <b>{html.escape(ho['kept'])}</b> (the joint solve only if at least "
+                    f"{100 * ho['margin']:.0f} % lower).</p>")
     for cam, r in run.own_fit.items() or run.intrinsics.items():
         if r.fixed:
             rows.append(f"<p class='note'>{html.escape(r.observability_note())}</p>")
