@@ -129,3 +129,17 @@ def test_no_arbitration_where_the_joint_solve_would_raise_a_cameras_rms_too_far(
                      JointOptions(sigma_tolerance=1e-6, max_arbitration_rms_ratio=1.0))
     assert jo.bundle["held_out"] is None and jo.bundle["kept"]["lwir"] == "own fit"
     np.testing.assert_array_equal(jo.intrinsics["lwir"].K, own["lwir"].K)
+
+
+def test_the_arbitration_overrules_only_the_sigma_limit():
+    """By default held-out pairs may overrule a rejection for a move beyond sigma, never one for an own-view RMS
+    beyond the guard's limit (+20 %, where the rise exceeds detection noise)."""
+    from rig.calibration.joint import CameraCheck, _rms_within
+
+    def chk(own, joint):
+        return CameraCheck("lwir", own, joint, "fx", 4.0, "own fit")
+
+    o = JointOptions()
+    assert _rms_within(chk(0.5, 0.59), o) and not _rms_within(chk(0.5, 0.65), o)
+    assert _rms_within(chk(0.02, 0.06), o)  # +200 %, but 0.04 px: within detection noise
+    assert not _rms_within(chk(0.5, 0.59), JointOptions(max_arbitration_rms_ratio=1.0))
