@@ -20,7 +20,7 @@ looked for in each. A view is **kept** only when
 
 * the board is detected in every required camera (default: all of the rig's);
 * the board is **still**: each camera's frame matches its frame from
-  ``still_window_s`` earlier (99th percentile of the absolute difference of
+  ``still_window_s`` earlier, by the camera's own timestamps where it has them (99th percentile of the absolute difference of
   small normalised copies below ``still_level`` grey levels: a cheap test run
   before the costly detection), and the last ``still_frames`` analysed
   detections agree within ``still_px`` (median corner displacement; 1 = only
@@ -119,6 +119,28 @@ def _thumb(frame: Frame, width: int = 96) -> np.ndarray:
     g = to_gray8(frame.image, frame.pixel_format)
     h = max(1, round(g.shape[0] * width / g.shape[1]))
     return cv2.resize(g, (width, h), interpolation=cv2.INTER_AREA)
+
+
+def capture_time_ns(frame: Frame, other: Frame) -> tuple[int, int]:
+    """Capture times of two frames of one camera on one clock: the camera's own timestamps where both have
+    one (when the image was taken), else arrival times (which a busy host delays by a varying amount)."""
+    if frame.device_ns is not None and other.device_ns is not None:
+        return frame.device_ns, other.device_ns
+    return frame.host_ns, other.host_ns
+
+
+def image_still(ring: Sequence[Frame], frame: Frame, window_s: float, level: float) -> bool:
+    """Whether ``frame`` matches the newest frame of ``ring`` taken at least ``window_s`` before it (99th
+    percentile of the absolute difference of small copies at most ``level`` grey levels); False without one."""
+    older = []
+    for f in ring:
+        now, then = capture_time_ns(frame, f)
+        if then <= now - window_s * 1e9:
+            older.append(f)
+    if not older:
+        return False  # not enough history yet
+    a, b = (_thumb(f) for f in (older[-1], frame))
+    return float(np.percentile(cv2.absdiff(a, b), 99)) <= level
 
 
 class CalibrationRecorder:
@@ -358,12 +380,8 @@ class CalibrationRecorder:
         self._keep(frames, pts, objs, new_cells, novelty)
 
     def _image_still(self, cam: Camera, frame: Frame) -> bool:
-        """Whether ``frame`` matches the camera's frame from ``still_window_s`` earlier."""
-        older = [f for f in list(self._rings[cam.name]) if f.host_ns <= frame.host_ns - self.still_window_s * 1e9]
-        if not older:
-            return False  # not enough history yet
-        a, b = (_thumb(f) for f in (older[-1], frame))
-        return float(np.percentile(cv2.absdiff(a, b), 99)) <= self.still_level
+        """Whether ``frame`` matches the camera's frame from ``still_window_s`` earlier (:func:`image_still`)."""
+        return image_still(list(self._rings[cam.name]), frame, self.still_window_s, self.still_level)
 
     def _reject(self, reason: str, text: str) -> None:
         self._rejected[reason] += 1

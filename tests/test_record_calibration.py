@@ -47,8 +47,11 @@ def test_keeps_only_still_new_views_and_stops_at_sufficient_coverage(rig, board,
         poses = []
         for p in pairs:
             t = p.a.frame_counter / 30.0  # the sim camera's own frame time (device_ns is rounded to ns)
-            # Still: the board had been at this pose for the whole stillness window.
-            assert world.keyframe_index(t - rec.still_window_s) == world.keyframe_index(t)
+            # Still: the board had been at this pose for the whole stillness window (since the frame that many
+            # frame periods earlier: in frame counts, as 8.7 - 0.3 s in floats lands a hair before a pose change
+            # that the frame taken at 8.4 s already shows).
+            t_then = (p.a.frame_counter - round(rec.still_window_s * 30.0)) / 30.0
+            assert world.keyframe_index(t_then) == world.keyframe_index(t)
             assert world.keyframe_index(p.b.frame_counter / 60.0) == world.keyframe_index(t)
             poses.append(world.keyframe_index(t))
             assert r.read(p.a).shape == (400, 640) and r.read(p.b).dtype == np.uint16
@@ -157,3 +160,24 @@ def test_views_called_sufficient_are_not_fronto_parallel_for_calibration(rig, bo
     assert fronto  # calibration would warn: every view is below 20 deg
     assert not result.sufficient and result.tilted == 0  # and recording agrees
     assert all(v["visible"] < 20.0 for v in tilts)
+
+
+def test_stillness_window_is_measured_on_the_cameras_clock_not_on_arrival():
+    """A loaded host delivers frames late by varying amounts: the latest frame arrives 0.15 s after it was taken,
+    the older ones at once. By arrival time the frame 0.3 s earlier is one taken after the board stopped (0.2 s
+    before): 'still' too early (the suite saw such views kept on a loaded machine). By the camera's clock it is
+    one taken while the board was elsewhere."""
+    from rig.calibration.record import image_still
+    from rig.capture.camera import Frame
+
+    def frame(t_s: float, lag_s: float, moved: bool) -> Frame:
+        img = np.zeros((48, 64), np.uint8)
+        img[10:30, (5 if moved else 30):(25 if moved else 50)] = 255
+        return Frame("visible", img, int(round(t_s * 30)), int((t_s + lag_s) * 1e9), 0, int(t_s * 1e9))
+
+    ring = [frame(i / 30, 0.0, i / 30 >= 0.8) for i in range(30)]  # the board moved to a new pose at 0.8 s
+    now = frame(1.0, 0.15, True)
+    assert not image_still(ring, now, 0.3, 8.0)
+    assert image_still(ring, frame(1.15, 0.0, True), 0.3, 8.0)  # still for 0.35 s by then
+    no_clock = [Frame(f.camera, f.image, f.frame_counter, f.host_ns, 0, None) for f in ring]
+    assert image_still(no_clock, Frame("visible", now.image, 30, now.host_ns, 0, None), 0.3, 8.0)  # arrival only
