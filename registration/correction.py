@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -205,13 +206,39 @@ class LowResPair:
                            interpolation=cv2.INTER_AREA)
         return resample(g, self.tables.visible_x, self.tables.visible_y, self.sigma_visible)
 
-    def register(self, raw_v: np.ndarray, fmt_v: str, raw_l: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(visible grey, LWIR 8-bit)`` at the work size (uncorrected)."""
-        vis = self.visible(raw_v, fmt_v)
+    def lwir(self, raw_l: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """The LWIR image at the work size (uncorrected), 8-bit over the counts ``lo..hi``."""
         t = self.tables
         irf = resample(raw_l.astype(np.float32), t.lwir_x, t.lwir_y, self.sigma_lwir)
-        ir8 = np.clip((irf - lo) * (255.0 / max(hi - lo, 1)) + 0.5, 0, 255).astype(np.uint8)
-        return vis, ir8
+        return np.clip((irf - lo) * (255.0 / max(hi - lo, 1)) + 0.5, 0, 255).astype(np.uint8)
+
+    def register(self, raw_v: np.ndarray, fmt_v: str, raw_l: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(visible grey, LWIR 8-bit)`` at the work size (uncorrected)."""
+        return self.visible(raw_v, fmt_v), self.lwir(raw_l, lo, hi)
+
+
+class SharedFrames:
+    """Each frame's low-resolution visible image computed once for every estimate that needs it (its own, and
+    the earlier pick's flow target), and dropped after its last use: memory stays a few frames, however long
+    the drive. Thread-safe; ``uses[k]`` is how many times frame ``k`` will be asked for."""
+
+    def __init__(self, make, uses: dict[int, int]):
+        self._make, self._left, self._cache = make, dict(uses), {}
+        self._lock = threading.Lock()
+
+    def get(self, k: int) -> np.ndarray:
+        with self._lock:
+            img = self._cache.get(k)
+        if img is None:
+            img = self._make(k)  # may raise (a corrupt frame): nothing is cached then
+        with self._lock:
+            left = self._left.get(k, 1) - 1
+            self._left[k] = left
+            if left > 0:
+                self._cache[k] = img
+            else:
+                self._cache.pop(k, None)
+        return img
 
 
 def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tuple[int, int],
@@ -234,32 +261,45 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
     camera_out = lwir_camera_in_output(geom) if settings.model == "rotation" else None  # the rotation model's G
     camera = None if camera_out is None else level_transform(low.scale) @ camera_out
 
-    def flow_of(k: int, vis: np.ndarray) -> np.ndarray | None:
-        """The visible image's optical flow to the frame ``flow_dt_s`` later (or, at the end, from the one as much
-        earlier, negated): what ranks the blocks by depth while the car moves."""
+    def flow_target(k: int) -> tuple[int, float] | None:
+        """The frame ``flow_dt_s`` after ``k`` (or, at the end, the one as much earlier, with sign -1)."""
         if parallax is None or settings.flow_dt_s <= 0 or n < 2:
             return None
         j = int(np.searchsorted(times, times[k] + settings.flow_dt_s))
-        sign = 1.0
-        if j >= n:
-            j, sign = int(np.searchsorted(times, times[k] - settings.flow_dt_s, "right")) - 1, -1.0
-            if j < 0:
-                return None
+        if j < n:
+            return j, 1.0
+        j = int(np.searchsorted(times, times[k] - settings.flow_dt_s, "right")) - 1
+        return (j, -1.0) if j >= 0 else None
+
+    targets = {k: flow_target(k) for k in picks}
+    uses = {k: 1 for k in picks}
+    for tg in targets.values():
+        if tg is not None:
+            uses[tg[0]] = uses.get(tg[0], 0) + 1
+    frames = SharedFrames(lambda k: low.visible(reader.read(jobs[k].pair.a), jobs[k].pair.a.pixel_format), uses)
+
+    def flow_of(k: int, vis: np.ndarray) -> np.ndarray | None:
+        """The visible image's optical flow to the frame ``flow_dt_s`` later (or, at the end, from the one as much
+        earlier, negated): what ranks the blocks by depth while the car moves. At ``rate_hz * flow_dt_s = 1``
+        (the defaults) that frame is the next pick: its low-resolution image is shared."""
+        tg = targets.get(k)
+        if tg is None:
+            return None
         try:
-            other = low.visible(reader.read(jobs[j].pair.a), jobs[j].pair.a.pixel_format)
+            other = frames.get(tg[0])
         except RigError:
             return None
         dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        return sign * dis.calc(vis, other, None)
+        return tg[1] * dis.calc(vis, other, None)
 
     def one(k: int) -> tuple[int, RefineResult | None]:
         t0 = time.perf_counter()
         job = jobs[k]
         try:
-            raw_v, raw_l = reader.read(job.pair.a), reader.read(job.pair.b)
+            vis, raw_l = frames.get(k), reader.read(job.pair.b)
         except RigError:
             return k, None
-        vis, ir8 = low.register(raw_v, job.pair.a.pixel_format, raw_l, lo, hi)
+        ir8 = low.lwir(raw_l, lo, hi)
         r = refine_alignment(vis, ir8, max_shift_px=settings.max_shift_px * low.scale, model=settings.model,
                              parallax_dir=None if parallax is None else parallax.direction,
                              far_px=0.0 if parallax is None else parallax.infinity_px * low.scale, camera=camera,

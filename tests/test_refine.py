@@ -422,3 +422,34 @@ def test_one_way_of_finding_the_along_baseline_shift_per_drive():
     assert out[0] is mixed[0] and out[9] is mixed[9]
     still = {0: result("quantile"), 3: result("quantile")}
     assert not along_measured(still) and consistent_far_method(still) == still
+
+
+def test_shared_frames_compute_each_frame_once_and_drop_it_after_its_last_use():
+    """--refine's estimate and the earlier pick's flow both need a pick's low-resolution visible image: it is
+    made once, and not kept past its last use (memory stays bounded over a long drive)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rig.errors import RigError
+    from rig.registration.correction import SharedFrames
+
+    made = []
+
+    def make(k):
+        made.append(k)
+        if k == 7:
+            raise RigError("frame 7 is corrupt")
+        return np.full((2, 2), k, np.uint8)
+
+    uses = {k: 2 for k in range(0, 6)} | {6: 1, 7: 2}
+    frames = SharedFrames(make, uses)
+    order = [k for k in range(7) for _ in range(uses[k])]
+    assert [int(frames.get(k)[0, 0]) for k in order] == order
+    assert made == list(range(7)) and frames._cache == {}  # each made once, none kept after its last use
+    for _ in range(2):
+        with pytest.raises(RigError):
+            frames.get(7)  # a corrupt frame raises for every use, nothing cached
+    # from two threads: the right image for every request (two racing first uses may both make it: no harm)
+    frames = SharedFrames(make, uses)
+    with ThreadPoolExecutor(2) as pool:
+        assert [int(g[0, 0]) for g in pool.map(frames.get, order)] == order
+    assert frames._cache == {}
