@@ -182,6 +182,12 @@ def _own_sigma(res: IntrinsicsResult) -> np.ndarray:
     return np.array([s.get("fx", np.nan), s.get("fy", np.nan), s.get("cx", np.nan), s.get("cy", np.nan), *d[:5]], float)
 
 
+def rms_exceeded(own_rms: float, joint_rms: float, rms_tolerance: float = RMS_TOLERANCE) -> bool:
+    """The guard's RMS limit: the joint own-view RMS more than ``rms_tolerance`` above the own fit's, by more than
+    detection noise (:data:`RMS_FLOOR_PX`)."""
+    return joint_rms > (1 + rms_tolerance) * own_rms and joint_rms - own_rms > RMS_FLOOR_PX
+
+
 def check_camera(own: IntrinsicsResult, K: np.ndarray, dist: np.ndarray, joint_rms: float,
                  rms_tolerance: float = RMS_TOLERANCE, sigma_tolerance: float = SIGMA_TOLERANCE) -> CameraCheck:
     """Compare a camera's joint solution to its own fit (see the module docstring, step 4)."""
@@ -200,7 +206,7 @@ def check_camera(own: IntrinsicsResult, K: np.ndarray, dist: np.ndarray, joint_r
     z[4:] = np.where(effect < DISTORTION_FLOOR_PX, 0.0, z[4:])
     i = int(np.argmax(z))
     reasons = []
-    if joint_rms > (1 + rms_tolerance) * own.rms_px and joint_rms - own.rms_px > RMS_FLOOR_PX:
+    if rms_exceeded(own.rms_px, joint_rms, rms_tolerance):
         reasons.append(f"RMS on its own views {own.rms_px:.3f} -> {joint_rms:.3f} px "
                        f"(+{100 * (joint_rms / own.rms_px - 1):.0f} %, limit +{100 * rms_tolerance:.0f} %)")
     if z[i] > sigma_tolerance:
@@ -214,8 +220,7 @@ def _rms_within(chk: CameraCheck, options: JointOptions) -> bool:
     """Whether a camera's joint own-view RMS is within the arbitration's limit (see JointOptions)."""
     if options.max_arbitration_rms_ratio is not None:
         return chk.joint_rms_px <= options.max_arbitration_rms_ratio * chk.own_rms_px
-    return (chk.joint_rms_px <= (1 + options.rms_tolerance) * chk.own_rms_px
-            or chk.joint_rms_px - chk.own_rms_px <= RMS_FLOOR_PX)
+    return not rms_exceeded(chk.own_rms_px, chk.joint_rms_px, options.rms_tolerance)
 
 
 def solve_joint(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str],
@@ -313,9 +318,11 @@ def _solve(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str], options:
     free_now = set(free_all)
     checks: dict[str, CameraCheck] = {}
     first: dict[str, CameraCheck] = {}  # every fitted camera free: the joint solve the arbitration weighs
+    j_all = None
     for _ in range(3):
         j = bundle_adjust(vis, lw, st.R, st.t, free_now, coupled=set(st.views), fixed=fixed, loss=options.loss,
                           huber_px=huber)
+        j_all = j_all or j
         failed = []
         for c in sorted(free_now):
             checks[c] = check_camera(own[c], j.K[c], j.dist[c], j.rms_px[c], options.rms_tolerance,
@@ -336,11 +343,8 @@ def _solve(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str], options:
 
         held_out = compare_held_out(vis, lw, list(st.views), candidate, margin=options.arbitration_margin)
         if held_out.keep_joint:
-            free_now = set(free_all)
-            j = bundle_adjust(vis, lw, st.R, st.t, free_now, coupled=set(st.views), fixed=fixed, loss=options.loss,
-                              huber_px=huber)
-            checks = {c: replace(check_camera(own[c], j.K[c], j.dist[c], j.rms_px[c], options.rms_tolerance,
-                                              options.sigma_tolerance), kept="joint") for c in sorted(free_now)}
+            free_now, j = set(free_all), j_all
+            checks = {c: replace(ch, kept="joint") for c, ch in first.items()}
     result = {}
     for c, r in own.items():
         if c in free_now:
@@ -363,7 +367,7 @@ def _solve(vis: IntrinsicsResult, lw: IntrinsicsResult, free: set[str], options:
                                 "support, and re-solved the extrinsics with them fixed" + (f"; {ho}" if ho else ""))
         elif chk.reason:
             out.warnings.append(f"JOINT SOLVE KEPT FOR {c.upper()} BEYOND ITS OWN-FIT LIMITS ({chk.reason}): {ho}, "
-                                f"more than {100 * held_out.margin:.0f} % better, so the pairs support it better than "
+                                f"at least {100 * held_out.margin:.0f} % lower, so the pairs support it better than "
                                 f"the camera's {len(own[c].views)} views alone")
     st = replace(st, R=j.R, t=j.t, std_rotation_deg=j.std_rotation_deg, std_translation_m=j.std_translation_m,
                  rms_px=float(np.sqrt((j.rms_px["visible"] ** 2 + j.rms_px["lwir"] ** 2) / 2)),

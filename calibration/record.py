@@ -20,9 +20,9 @@ looked for in each. A view is **kept** only when
 
 * the board is detected in every required camera (default: all of the rig's);
 * the board is **still**: each camera's frame matches its frame from
-  ``still_window_s`` earlier, by the camera's own timestamps where it has them (99th percentile of the absolute difference of
-  small normalised copies below ``still_level`` grey levels: a cheap test run
-  before the costly detection), and the last ``still_frames`` analysed
+  ``still_window_s`` earlier, by the camera's own timestamps where it has them
+  (99th percentile of the absolute difference of small normalised copies below
+  ``still_level`` grey levels: a cheap test run before the costly detection), and the last ``still_frames`` analysed
   detections agree within ``still_px`` (median corner displacement; 1 = only
   the image test). A view taken while the board moves (motion blur, rolling
   shutter, visible/LWIR time offset) is never kept; and

@@ -212,10 +212,6 @@ class LowResPair:
         irf = resample(raw_l.astype(np.float32), t.lwir_x, t.lwir_y, self.sigma_lwir)
         return np.clip((irf - lo) * (255.0 / max(hi - lo, 1)) + 0.5, 0, 255).astype(np.uint8)
 
-    def register(self, raw_v: np.ndarray, fmt_v: str, raw_l: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(visible grey, LWIR 8-bit)`` at the work size (uncorrected)."""
-        return self.visible(raw_v, fmt_v), self.lwir(raw_l, lo, hi)
-
 
 class SharedFrames:
     """Each frame's low-resolution visible image computed once for every estimate that needs it (its own, and

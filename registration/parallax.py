@@ -328,22 +328,14 @@ def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], ma
     # (its interpolation tables), the single-channel one exactly: each shift is rounded to 1/32 px so that the
     # result is the one this search was validated with (exact sampling moved the tested drive's p95 from under 1.0
     # to 1.19 px: the along-baseline estimate of single frames is that sensitive).
-    planes_v = [np.ascontiguousarray(Fv[..., c]) for c in range(Fv.shape[2])] if Fv.ndim == 3 else [Fv]
-    planes_w = [np.ascontiguousarray(Fw[..., c]) for c in range(Fw.shape[2])] if Fw.ndim == 3 else [Fw]
-
-    def block_sum(products) -> np.ndarray:
-        out = None
-        for p in products:
-            b = cv2.resize(p[crop], area, interpolation=cv2.INTER_AREA)
-            out = b if out is None else out + b
-        return out
-
+    planes_v, planes_w = ([np.ascontiguousarray(F[..., c]) for c in range(F.shape[2])] if F.ndim == 3 else [F]
+                          for F in (Fv, Fw))
     for j, s in enumerate(shifts):
         M = np.float32([[1, 0, round(s * d0 * 32) / 32], [0, 1, round(s * d1 * 32) / 32]])
         Fs = [cv2.warpAffine(p, M, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_CONSTANT) for p in planes_w]
-        cross = block_sum(cv2.multiply(a, b) for a, b in zip(Fs, planes_v))
-        energy = block_sum(cv2.multiply(a, a) for a in Fs)
+        cross = sum(blocks_of(cv2.multiply(a, b)) for a, b in zip(Fs, planes_v))
+        energy = sum(blocks_of(cv2.multiply(a, a)) for a in Fs)
         C[j] = cross / np.sqrt(e_v * energy + 1e-12)
     best = np.argmax(C, axis=0)
     peak = np.take_along_axis(C, best[None], 0)[0]
