@@ -44,10 +44,10 @@ from rig.calibration.homography import parallax_displacement
 from rig.camera_model import apply_h
 from rig.registration.geometry import RegistrationGeometry, centre_and_corners, output_to_visible, visible_to_output
 from rig.registration.robust import pairwise_slopes
-from rig.registration.warps import WarpModel
+from rig.registration.warps import WarpModel, n_params
 
-__all__ = ["BaselineParallax", "FarStructure", "along_baseline_part", "baseline_parallax", "eliminate_along",
-           "far_shift", "motion_inverse_depth", "observable_basis"]
+__all__ = ["BaselineParallax", "FarStructure", "along_baseline_part", "along_baseline_shift", "along_baseline_warp",
+           "baseline_parallax", "eliminate_along", "far_shift", "motion_inverse_depth", "observable_basis"]
 
 
 @dataclass(frozen=True)
@@ -147,14 +147,32 @@ def along_baseline_part(H: np.ndarray, size: tuple[int, int], model: str, direct
         direction: unit ``(dx, dy)`` of the baseline's parallax (:class:`BaselineParallax`).
         camera: ``(3, 3)`` for the rotation model (see :func:`~rig.registration.refine.refine_alignment`).
     """
+    return along_baseline_warp(along_baseline_shift(H, size, model, direction, camera), size, model, direction, camera)
+
+
+def _warp_at(size: tuple[int, int], model: str, camera: np.ndarray | None) -> tuple[WarpModel, np.ndarray]:
     pts = centre_and_corners(size)
     c, R = (float(pts[0, 0]), float(pts[0, 1])), float(np.hypot(*pts[0]))
-    warp = WarpModel.at(model, c, R, None if camera is None else np.asarray(camera, np.float64))
+    return WarpModel.at(model, c, R, None if camera is None else np.asarray(camera, np.float64)), pts
+
+
+def along_baseline_shift(H: np.ndarray, size: tuple[int, int], model: str, direction: tuple[float, float],
+                         camera: np.ndarray | None = None) -> float:
+    """How far (px, along ``direction``) a correction moves the image centre in ``model``'s parameters: the
+    scalar of :func:`along_baseline_part` (same arguments)."""
+    warp, pts = _warp_at(size, model, camera)
     Jx, Jy = warp.jacobian(pts[:, 0], pts[:, 1])
     d = apply_h(np.asarray(H, np.float64), pts) - pts
     theta = np.linalg.lstsq(np.r_[Jx, Jy].astype(np.float64), np.r_[d[:, 0], d[:, 1]], rcond=None)[0]
-    h = np.r_[direction, np.zeros(len(theta) - 2)]
-    return warp.matrix(float(theta @ h) * h)
+    return float(theta[:2] @ np.asarray(direction, np.float64))
+
+
+def along_baseline_warp(shift: float, size: tuple[int, int], model: str, direction: tuple[float, float],
+                        camera: np.ndarray | None = None) -> np.ndarray:
+    """The warp of ``model`` that moves the image centre by ``shift`` px along ``direction`` and nothing else
+    (for the rotation model, the camera turn that does)."""
+    warp, _ = _warp_at(size, model, camera)
+    return warp.matrix(np.r_[shift * np.asarray(direction, np.float64), np.zeros(n_params(model) - 2)])
 
 
 def eliminate_along(r: np.ndarray, SD: np.ndarray, gx: np.ndarray, gy: np.ndarray,

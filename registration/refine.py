@@ -158,6 +158,8 @@ class RefineResult:
         far_blocks: blocks that located themselves along the baseline.
         far_method: how ``far_shift_px`` was found: ``"depth"`` (extrapolated to infinity along the blocks'
             inverse depths from ``flow``) or ``"quantile"`` (the farthest blocks); ``""`` without a baseline.
+            In a drive, ``"offset"``: the farthest blocks' shift less its offset from the drive's depth
+            estimates (:func:`rig.registration.correction.offset_far_layer`).
     """
 
     H: np.ndarray

@@ -424,6 +424,46 @@ def test_one_way_of_finding_the_along_baseline_shift_per_drive():
     assert not along_measured(still) and consistent_far_method(still) == still
 
 
+def test_far_layer_estimates_keep_their_across_baseline_part_and_lose_their_offset_along_it():
+    """A drive whose estimates mostly could not extrapolate along depth (no block far enough): the far layer's
+    estimates read the drift plus their layer's parallax along the baseline. Where depth estimates exist, that
+    offset is measured and removed, and everything across the baseline (here a roll) is kept, not refused."""
+    from rig.registration.correction import RefineSettings, offset_far_layer
+    from rig.registration.parallax import along_baseline_shift, along_baseline_warp
+
+    size, d = (320, 240), (-0.92291622, -0.38500084)
+    cam = np.array([[300.0, 0, 159.5], [0, 300.0, 119.5], [0, 0, 1]])
+    times = np.arange(20) * 0.2
+    truth_along = -0.8 * times  # a drift along the baseline, px
+    roll = np.radians(0.1) * times / times[-1]  # and a growing roll across it
+
+    def truth(k: int) -> np.ndarray:
+        R = np.array([[math.cos(roll[k]), -math.sin(roll[k]), 0], [math.sin(roll[k]), math.cos(roll[k]), 0], [0, 0, 1]])
+        c = np.array([[1, 0, 159.5], [0, 1, 119.5], [0, 0, 1.0]])
+        return along_baseline_warp(truth_along[k], size, "rotation", d, cam) @ c @ R @ np.linalg.inv(c)
+
+    def result(k: int, method: str, offset: float = 0.0) -> RefineResult:
+        H = along_baseline_warp(offset, size, "rotation", d, cam) @ truth(k)
+        return RefineResult(H, True, 0.8, "", H, correction_px(H, size), "rotation", far_method=method,
+                            far_shift_px=0.0)
+
+    depth = {6, 9, 12}
+    results = {k: result(k, "depth") if k in depth else result(k, "quantile", offset=-2.5) for k in range(0, 20, 1)}
+    out = offset_far_layer(results, times, size, RefineSettings(), d, cam)
+    for k, r in out.items():
+        assert r.accepted
+        assert grid_error_px(r.estimate, truth(k), size).max() < 0.05, k  # the offset gone, the roll kept
+        assert r.far_method == ("depth" if k in depth else "offset")
+        assert along_baseline_shift(r.estimate, size, "rotation", d, cam) == pytest.approx(truth_along[k], abs=0.03)
+    assert out[0].far_shift_px == pytest.approx(-2.5, abs=0.03)  # the logged far shift is the one used: less the offset
+    # Too few far-layer estimates beside the depth ones to measure an offset: refused as before.
+    few = {k: results[k] for k in (0, 6, 9, 12)}
+    assert not offset_far_layer(few, times, size, RefineSettings(), d, cam)[0].accepted
+    # Without depth estimates nothing changes.
+    layer_only = {k: r for k, r in results.items() if k not in depth}
+    assert offset_far_layer(layer_only, times, size, RefineSettings(), d, cam) == layer_only
+
+
 def test_shared_frames_compute_each_frame_once_and_drop_it_after_its_last_use():
     """--refine's estimate and the earlier pick's flow both need a pick's low-resolution visible image: it is
     made once, and not kept past its last use (memory stays bounded over a long drive)."""
