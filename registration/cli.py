@@ -99,8 +99,9 @@ def report(result, console) -> None:
         r = result.refine
         style = "bold red" if r["drift"]["drifting"] else "green"
         console.print(f"refine: correction median {r['applied_px']['median']:.2f} px, max {r['applied_px']['max']:.2f} px, "
-                      f"{100 * r['accepted_fraction']:.0f} % of {r['estimated_pairs']} estimates accepted; "
-                      f"[{style}]{r['drift']['message']}[/]", highlight=False)
+                      f"{100 * r['accepted_fraction']:.0f} % of {r['estimated_pairs']} estimates accepted"
+                      + "".join(f", {n} refused: {why}" for why, n in list(r.get("refused", {}).items())[:2])
+                      + f"; [{style}]{r['drift']['message']}[/]", highlight=False)
     if result.labels_note:
         console.print(f"[yellow]note: {result.labels_note}[/]", highlight=False)
     if result.contact_sheet:

@@ -68,6 +68,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -159,7 +160,10 @@ class CorrectionTrack:
         mags = np.array([correction_px(h, size).max_px for h in self.H]) if len(self.H) else np.zeros(1)
         n_est = len(self.results)
         n_acc = sum(1 for r in self.results.values() if r.accepted)
+        # Why estimates were refused, by kind (the reason up to its figures), most frequent first.
+        refused = Counter(r.reason.split(" (")[0] for r in self.results.values() if not r.accepted)
         return {"estimated_pairs": n_est, "accepted_fraction": round(n_acc / n_est, 4) if n_est else 0.0,
+                "refused": dict(refused.most_common()),
                 "estimate_scatter_px": round(self.scatter_px, 3), "applied_from_px": round(self.gate_px, 3),
                 "applied_px": {"median": round(float(np.median(mags)), 3), "max": round(float(mags.max()), 3)},
                 "drift": {"drifting": self.drift.drifting, "message": self.drift.message,

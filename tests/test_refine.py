@@ -464,6 +464,32 @@ def test_far_layer_estimates_keep_their_across_baseline_part_and_lose_their_offs
     assert offset_far_layer(layer_only, times, size, RefineSettings(), d, cam) == layer_only
 
 
+def test_refine_summary_and_report_say_why_estimates_were_refused(tmp_path):
+    """A drive where every estimate is refused (the demo's night street: too little shared structure) says so
+    in the manifest and on the console, not just '0 % accepted'."""
+    from rich.console import Console
+
+    from rig.registration.cli import report
+    from rig.registration.correction import CorrectionTrack
+    from rig.registration.pipeline import RegisterResult
+    from rig.registration.temporal import DriftReport
+
+    def refused(reason: str) -> RefineResult:
+        return RefineResult(np.eye(3), False, 0.0, reason, np.eye(3), correction_px(np.eye(3), SIZE), "rotation")
+
+    results = {0: refused("too little shared structure (2.1 % of pixels)"),
+               3: refused("too little shared structure (1.3 % of pixels)"),
+               6: refused("ill-conditioned: aperture problem (condition 0.01)")}
+    track = CorrectionTrack(np.repeat(np.eye(3)[None], 8, axis=0), results,
+                            DriftReport(False, 0.0, 0.0, 0.0, 0, "too few accepted frames (0) to judge drift"))
+    summary = track.summary(SIZE)
+    assert summary["refused"] == {"too little shared structure": 2, "ill-conditioned: aperture problem": 1}
+    console = Console(record=True, width=300)
+    report(RegisterResult(tmp_path, written=8, refine=summary), console)
+    text = console.export_text()
+    assert "0 % of 3 estimates accepted, 2 refused: too little shared structure, 1 refused: ill-conditioned" in text
+
+
 def test_shared_frames_compute_each_frame_once_and_drop_it_after_its_last_use():
     """--refine's estimate and the earlier pick's flow both need a pick's low-resolution visible image: it is
     made once, and not kept past its last use (memory stays bounded over a long drive)."""
