@@ -69,7 +69,6 @@ import dataclasses
 import math
 import threading
 from collections import Counter
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -314,8 +313,7 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
             clock.add("refine", time.perf_counter() - t0)
         return k, r
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="refine") as pool, \
-            opencv_threads(1 if workers > 1 else None):
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="refine") as pool:
         results = {k: r for k, r in pool.map(one, picks) if r is not None}
     size = geom.output_size
     if parallax is not None:
@@ -352,24 +350,6 @@ def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tup
     # content's changing parallax, which on a static rig can trend by more than the 2 px threshold.
     drift = detect_drift(smoothed, acc, size=size, times=times)
     return CorrectionTrack(smoothed, results, drift, noise_px, tau)
-
-
-@contextmanager
-def opencv_threads(n: int | None):
-    """OpenCV's own thread count set to ``n`` for the block, restored after (``None``: left alone).
-
-    The estimates already run on a pool of ``workers`` threads; OpenCV splitting each 320x240 resize, warp
-    and flow over its threads as well only adds overhead (on 2 cores: 33 -> 26 ms wall per estimate with it
-    at 1). The setting is process-wide, so it is held only while the estimates run."""
-    if n is None:
-        yield
-        return
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(int(n))
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
 
 
 def along_measured(results: dict) -> bool:

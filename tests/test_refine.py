@@ -490,21 +490,6 @@ def test_refine_summary_and_report_say_why_estimates_were_refused(tmp_path):
     assert "0 % of 3 estimates accepted, 2 refused: too little shared structure, 1 refused: ill-conditioned" in text
 
 
-def test_opencv_threads_are_restored_after_the_estimates_even_on_error():
-    """The estimates hold OpenCV at one thread while their own pool runs (process-wide: restored after)."""
-    from rig.registration.correction import opencv_threads
-
-    before = cv2.getNumThreads()
-    with opencv_threads(1):
-        assert cv2.getNumThreads() == 1
-    assert cv2.getNumThreads() == before
-    with pytest.raises(RuntimeError), opencv_threads(1):
-        raise RuntimeError("a corrupt frame")
-    assert cv2.getNumThreads() == before
-    with opencv_threads(None):  # a single worker: left alone
-        assert cv2.getNumThreads() == before
-
-
 def test_shared_frames_compute_each_frame_once_and_drop_it_after_its_last_use():
     """--refine's estimate and the earlier pick's flow both need a pick's low-resolution visible image: it is
     made once, and not kept past its last use (memory stays bounded over a long drive)."""
