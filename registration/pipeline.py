@@ -31,7 +31,8 @@ import numpy as np
 
 from rig.errors import RigError
 from rig.pixfmt import to_rgb
-from rig.registration.dataset import FUSE_DIRS, REGISTER_DIRS, OutputDataset, file_sha256, frame_name, write_png
+from rig.registration.dataset import (FAST_PNG, FUSE_DIRS, REGISTER_DIRS, OutputDataset, file_sha256, frame_name,
+                                     write_png)
 from rig.registration.geometry import RegistrationGeometry, RemapTables, coverage, remap_tables
 from rig.registration.parallax import baseline_parallax
 from rig.registration.correction import ExtendedLwirTable, RefineSettings, estimate_track, is_identity
@@ -378,7 +379,7 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         if shutil.disk_usage(out).free < o.min_free_bytes:
             raise _DiskFull()
         write_png(out / "Visible" / name, cv2.cvtColor(p.visible, cv2.COLOR_RGB2BGR))
-        write_png(out / "Infrared" / name, p.ir8)
+        write_png(out / "Infrared" / name, p.ir8, FAST_PNG)  # textured 8-bit: Huffman beats run-length
         write_png(out / "Infrared16" / name, p.ir16)
         if fused is not None:
             from rig.model import colorize
