@@ -84,9 +84,18 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
             "or its --export file")
 
 
-def _listed(keys: list[str]) -> str:
+def listed(keys: list[str]) -> str:
+    """The first few of ``keys``, comma-separated, and how many more there are."""
     shown = ", ".join(keys[:_MAX_LISTED])
     return shown + (f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else "")
+
+
+def key_problems(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    """What is wrong with a state dict's keys, one clause per kind (``""`` if nothing): the wording every
+    weights error uses (our checkpoints and the imported reference files alike)."""
+    parts = [f"{what}: {listed(keys)}" for what, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
+    return "; ".join(parts)
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -99,15 +108,9 @@ def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
         for k, v in expected.items()
         if k in state_dict and (not isinstance(state_dict[k], torch.Tensor) or state_dict[k].shape != v.shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listed(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches: {_listed(shapes)}")
+    problems = key_problems(missing, unexpected, shapes)
     if problems:
-        raise RigError("weights do not match the model config; " + "; ".join(problems), path=path, key="state_dict")
+        raise RigError("weights do not match the model config; " + problems, path=path, key="state_dict")
 
 
 def model_from_checkpoint(path: str | Path, payload: dict[str, Any] | None = None) -> SegMiF:

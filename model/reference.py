@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from rig.errors import RigError
+from rig.model.checkpoint import key_problems, listed
 from rig.model.classes import get_class_set
 from rig.model.mit import MIT_CONFIGS, MiTConfig, MixTransformer, segformer_key
 from rig.model.segmif import MODEL_CONFIGS, SegMiF, SegMiFConfig
@@ -55,7 +56,6 @@ REFERENCE_REPOSITORY = "JinyuanLiu-CV/SegMiF"
 SEGFORMER_HEADS = (1, 2, 5, 8)
 #: The reference fusion network's HIA head count (``FeatureFusionModule(dim)``'s default).
 REFERENCE_HIA_HEADS = 8
-_LISTED = 4
 
 # Our HIA parameter names -> the reference's (under ``ffm.cross.``).
 _HIA_NAMES = {
@@ -119,7 +119,7 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
                        path=path)
     foreign = [str(k) for k, v in payload.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if foreign:
-        raise RigError(f"{what} file is not a state dict: entries that are not tensors: {_listed(foreign)}",
+        raise RigError(f"{what} file is not a state dict: entries that are not tensors: {listed(foreign)}",
                        path=path)
     if all(k.startswith("module.") for k in payload):
         payload = {k[len("module."):]: v for k, v in payload.items()}
@@ -162,25 +162,13 @@ def _unreadable(path: Path, exc: Exception) -> str:
     return "not a PyTorch file (expected one written by torch.save)"
 
 
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:_LISTED])
-    return shown + (f" (+{len(items) - _LISTED} more)" if len(items) > _LISTED else "")
-
-
 def _shape(shape: torch.Size | tuple[int, ...]) -> str:
     return "[" + ",".join(str(s) for s in shape) + "]"
 
 
 def _layout_error(path: str | Path, what: str, missing: list[str], unexpected: list[str],
                   shapes: list[str]) -> RigError:
-    parts = []
-    if missing:
-        parts.append(f"missing: {_listed(missing)}")
-    if unexpected:
-        parts.append(f"unexpected: {_listed(unexpected)}")
-    if shapes:
-        parts.append(f"shape: {_listed(shapes)}")
-    return RigError(f"does not match the {what} layout; " + "; ".join(parts), path=path)
+    return RigError(f"does not match the {what} layout; " + key_problems(missing, unexpected, shapes), path=path)
 
 
 def _need(sd: dict[str, torch.Tensor], key: str, path: str | Path, what: str, ndim: int) -> torch.Tensor:

@@ -206,14 +206,14 @@ def test_mismatched_keys_are_listed(small, tmp_path: Path) -> None:
         import_reference(bad, seg, tmp_path / "out.pt")
     assert _one_line(e) == (
         f"{bad}: does not match the SegMiF Fusion_Network3_ac (fusion) layout; "
-        "missing: DRDB1.Dcov2.bias, ffm.cross.end_proj2.weight; unexpected: extra.weight; "
-        "shape: conv1_vis.weight (ckpt [32,1,3,3] vs model [16,1,3,3])")
+        "missing keys: DRDB1.Dcov2.bias, ffm.cross.end_proj2.weight; unexpected keys: extra.weight; "
+        "shape mismatches: conv1_vis.weight (ckpt [32,1,3,3] vs model [16,1,3,3])")
     # a fusion file for other encoder widths (conv3 expects 64 channels, the b0 encoder gives 32)
-    with pytest.raises(RigError, match=r"shape: conv3\.weight \(ckpt \[16,64,1,1\] vs model \[16,32,1,1\]\)"):
+    with pytest.raises(RigError, match=r"shape mismatches: conv3\.weight \(ckpt \[16,64,1,1\] vs model \[16,32,1,1\]\)"):
         convert_reference(ref.fusion_state_dict(16, 8, seg_dims=(64, 128)), small[1])
     # a segmentation file without its decoder
     ssd = {k: v for k, v in small[1].items() if ".decoder." not in k}
-    with pytest.raises(RigError, match=r"^seg\.pth: does not match .*; missing: denoise_net\.decoder\.linear_pred"):
+    with pytest.raises(RigError, match=r"^seg\.pth: does not match .*; missing keys: denoise_net\.decoder\.linear_pred"):
         convert_reference(small[0], ssd, "fusion.pth", "seg.pth")
 
 
@@ -255,10 +255,10 @@ def test_pretrained_encoder_mismatch_is_one_line_and_changes_nothing(tmp_path: P
     with pytest.raises(RigError) as e:
         load_pretrained_encoder(model, path)
     msg = _one_line(e)
-    assert msg.startswith(f"{path}: does not match the SegFormer MiT encoder layout; unexpected: block1.1.norm1.weight")
-    assert "shape: patch_embed1.proj.weight (ckpt [32,3,7,7] vs model [8,3,7,7])" in msg
+    assert msg.startswith(f"{path}: does not match the SegFormer MiT encoder layout; unexpected keys: block1.1.norm1.weight")
+    assert "shape mismatches: patch_embed1.proj.weight (ckpt [32,3,7,7] vs model [8,3,7,7])" in msg
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(1)}, other)
-    with pytest.raises(RigError, match="missing: patch_embed1.proj.weight"):
+    with pytest.raises(RigError, match="missing keys: patch_embed1.proj.weight"):
         load_pretrained_encoder(model, other)
