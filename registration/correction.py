@@ -374,7 +374,9 @@ def offset_far_layer(results: dict, times: np.ndarray, size: tuple[int, int], se
     estimate is moved along the baseline by the time-weighted median of those offsets (Gaussian weights of
     ``window_s``, default ``4 sigma_s``) and marked ``far_method = "offset"``. With fewer than ``min_pairs``
     offsets to go on they are refused instead (:func:`consistent_far_method`): a single offset is as noisy as
-    one estimate. Without depth estimates nothing changes (the along part is then taken relative to the start).
+    one estimate; so is a far-layer estimate more than ``3 window_s`` from every measured offset (the scene,
+    and with it the far layer's depth, has changed since). Without depth estimates nothing changes (the along
+    part is then taken relative to the start).
     """
     depth = sorted(k for k, r in results.items() if r.accepted and r.far_method == "depth")
     layer = sorted(k for k, r in results.items() if r.accepted and r.far_method == "quantile")
@@ -398,9 +400,12 @@ def offset_far_layer(results: dict, times: np.ndarray, size: tuple[int, int], se
     offsets = np.array([along(results[k].estimate) - along(trend[k]) for k in inside])
     t_in = times[inside]
     window = 4.0 * settings.sigma_s if window_s is None else float(window_s)
-    out = dict(results)
+    out = consistent_far_method(results)  # the far-layer estimates refused, unless an offset is found below
     for k in layer:
-        b = weighted_median(offsets, np.exp(-0.5 * ((t_in - times[k]) / window) ** 2))
+        z2 = ((t_in - times[k]) / window) ** 2
+        if z2.min() > 9.0:
+            continue
+        b = weighted_median(offsets, np.exp(-0.5 * (z2 - z2.min())))  # relative to the nearest: never all zero
         r = results[k]
         M = along_baseline_warp(-b, size, model, direction, camera) @ r.estimate
         M /= M[2, 2]

@@ -459,6 +459,14 @@ def test_far_layer_estimates_keep_their_across_baseline_part_and_lose_their_offs
     # Too few far-layer estimates beside the depth ones to measure an offset: refused as before.
     few = {k: results[k] for k in (0, 6, 9, 12)}
     assert not offset_far_layer(few, times, size, RefineSettings(), d, cam)[0].accepted
+    # A far-layer estimate long after every measured offset (the scene has changed): refused, not offset by a
+    # value from another street; one a little beyond them takes the nearest ones' offset.
+    late_times = np.r_[times, 4.5, 60.0]
+    late = {**results, 20: result(19, "quantile", offset=-2.5), 21: result(19, "quantile", offset=-2.5)}
+    out = offset_far_layer(late, late_times, size, RefineSettings(), d, cam)
+    assert not out[21].accepted and "along depth" in out[21].reason
+    assert out[20].accepted and out[20].far_method == "offset"
+    assert along_baseline_shift(out[20].estimate, size, "rotation", d, cam) == pytest.approx(truth_along[19], abs=0.03)
     # Without depth estimates nothing changes.
     layer_only = {k: r for k, r in results.items() if k not in depth}
     assert offset_far_layer(layer_only, times, size, RefineSettings(), d, cam) == layer_only
