@@ -69,7 +69,7 @@ import dataclasses
 import math
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -81,6 +81,7 @@ from rig.registration.geometry import (RegistrationGeometry, RemapTables, lwir_c
                                        remap_tables)
 from rig.registration.parallax import BaselineParallax, along_baseline_part, along_baseline_shift, along_baseline_warp
 from rig.registration.refine import Correction, RefineResult, correction_px, refine_alignment
+from rig.registration.robust import weighted_median
 from rig.registration.temporal import (DriftReport, _from_displacements, _displacements, detect_drift,
                                        smooth_corrections)
 from rig.registration.resample import Resampler, resample
@@ -223,7 +224,9 @@ class LowResPair:
 class SharedFrames:
     """Each frame's low-resolution visible image computed once for every estimate that needs it (its own, and
     the earlier pick's flow target), and dropped after its last use: memory stays a few frames, however long
-    the drive. Thread-safe; ``uses[k]`` is how many times frame ``k`` will be asked for."""
+    the drive. Thread-safe: the first request makes it, one racing it waits for that result (at two workers
+    the two uses of a frame often come at once); a frame that cannot be made raises for each of its uses.
+    ``uses[k]`` is how many times frame ``k`` will be asked for."""
 
     def __init__(self, make, uses: dict[int, int]):
         self._make, self._left, self._cache = make, dict(uses), {}
@@ -231,17 +234,22 @@ class SharedFrames:
 
     def get(self, k: int) -> np.ndarray:
         with self._lock:
-            img = self._cache.get(k)
-        if img is None:
-            img = self._make(k)  # may raise (a corrupt frame): nothing is cached then
-        with self._lock:
-            left = self._left.get(k, 1) - 1
-            self._left[k] = left
-            if left > 0:
-                self._cache[k] = img
-            else:
-                self._cache.pop(k, None)
-        return img
+            fut = self._cache.get(k)
+            first = fut is None
+            if first:
+                fut = self._cache[k] = Future()
+        if first:
+            try:
+                fut.set_result(self._make(k))
+            except Exception as exc:  # a corrupt frame: every use of it raises the same
+                fut.set_exception(exc)
+        try:
+            return fut.result()
+        finally:
+            with self._lock:
+                self._left[k] = self._left.get(k, 1) - 1
+                if self._left[k] <= 0:
+                    self._cache.pop(k, None)
 
 
 def estimate_track(reader, jobs: list, geom: RegistrationGeometry, ir_range: tuple[int, int],
@@ -402,23 +410,16 @@ def offset_far_layer(results: dict, times: np.ndarray, size: tuple[int, int], se
     window = 4.0 * settings.sigma_s if window_s is None else float(window_s)
     out = consistent_far_method(results)  # the far-layer estimates refused, unless an offset is found below
     for k in layer:
-        z2 = ((t_in - times[k]) / window) ** 2
-        if z2.min() > 9.0:
-            continue
-        b = weighted_median(offsets, np.exp(-0.5 * (z2 - z2.min())))  # relative to the nearest: never all zero
+        dt = np.abs(t_in - times[k])
+        if dt.min() > 3.0 * window:
+            continue  # no offset measured on this stretch of the drive: refused
+        b = weighted_median(offsets, np.exp(-0.5 * ((dt * dt - dt.min() ** 2) / window ** 2)))  # nearest: weight 1
         r = results[k]
         M = along_baseline_warp(-b, size, model, direction, camera) @ r.estimate
         M /= M[2, 2]
         out[k] = dataclasses.replace(r, H=M, estimate=M, correction=correction_px(M, size), far_method="offset",
                                      far_shift_px=None if r.far_shift_px is None else r.far_shift_px + b)
     return out
-
-
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """The value at half the total weight (the lower one at a tie)."""
-    order = np.argsort(values)
-    c = np.cumsum(np.asarray(weights, np.float64)[order])
-    return float(np.asarray(values, np.float64)[order][int(np.searchsorted(c, 0.5 * c[-1]))])
 
 
 def consistent_far_method(results: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Robust line fits shared by the refinement's stages: pairwise slopes and Theil-Sen.
+"""Robust estimates shared by the refinement's stages: pairwise slopes, Theil-Sen, a weighted median.
 
 Pure functions of their arguments.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pairwise_slopes", "theil_sen"]
+__all__ = ["pairwise_slopes", "theil_sen", "weighted_median"]
 
 
 def pairwise_slopes(y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -42,3 +42,10 @@ def theil_sen(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
     ru = min(int(np.round((nt + _Z95 * sigma) / 2.0)), nt - 1)
     rl = max(int(np.round((nt - _Z95 * sigma) / 2.0)) - 1, 0)
     return med, float(slopes[rl]), float(slopes[ru])
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value at which the cumulative weight (values in ascending order) first reaches half the total."""
+    order = np.argsort(values)
+    c = np.cumsum(np.asarray(weights, np.float64)[order])
+    return float(np.asarray(values, np.float64)[order][int(np.searchsorted(c, 0.5 * c[-1]))])

@@ -406,6 +406,15 @@ def test_theil_sen_matches_scipy():
         assert np.allclose(theil_sen(y, x), (ref.slope, ref.low_slope, ref.high_slope), rtol=1e-12, atol=1e-12)
 
 
+def test_weighted_median():
+    from rig.registration.robust import weighted_median
+
+    assert weighted_median(np.array([3.0, 1.0, 2.0]), np.ones(3)) == 2.0
+    assert weighted_median(np.array([1.0, 2.0]), np.ones(2)) == 1.0  # the cumulative weight first reaches half
+    assert weighted_median(np.array([1.0, 2.0, 10.0]), np.array([0.1, 0.1, 5.0])) == 10.0
+    assert weighted_median(np.array([5.0, -1.0]), np.array([1e-300, 1e-300])) == -1.0  # tiny weights still rank
+
+
 def test_one_way_of_finding_the_along_baseline_shift_per_drive():
     """Once some estimates of a drive measured the along-baseline shift along depth, those that could only use the
     farthest blocks are refused (their bias would jump in and out of the trend); without any, nothing changes."""
@@ -521,9 +530,28 @@ def test_shared_frames_compute_each_frame_once_and_drop_it_after_its_last_use():
     assert made == list(range(7)) and frames._cache == {}  # each made once, none kept after its last use
     for _ in range(2):
         with pytest.raises(RigError):
-            frames.get(7)  # a corrupt frame raises for every use, nothing cached
-    # from two threads: the right image for every request (two racing first uses may both make it: no harm)
-    frames = SharedFrames(make, uses)
+            frames.get(7)  # a corrupt frame raises for every use; read once, dropped after its last use
+    assert made.count(7) == 1 and frames._cache == {}
+    # From two threads, both uses of each frame at once (what two workers do with consecutive picks): each frame
+    # is still made once, the one racing the first waits for its result.
+    import threading
+    import time
+
+    made.clear()
+    started = threading.Barrier(2)
+
+    def slow(k):
+        made.append(k)
+        time.sleep(0.02)
+        return np.full((2, 2), k, np.uint8)
+
+    frames = SharedFrames(slow, {k: 2 for k in range(6)})
+
+    def racing(k):
+        started.wait()
+        return int(frames.get(k)[0, 0])
+
     with ThreadPoolExecutor(2) as pool:
-        assert [int(g[0, 0]) for g in pool.map(frames.get, order)] == order
-    assert frames._cache == {}
+        for k in range(6):
+            assert list(pool.map(racing, [k, k])) == [k, k]
+    assert sorted(made) == list(range(6)) and frames._cache == {}
