@@ -468,7 +468,8 @@ def refine_alignment(
         # Template gradients and steepest-descent images.
         dFx = cv2.Sobel(Fv, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
         dFy = cv2.Sobel(Fv, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
-        gmag = np.sum(dFx * dFx + dFy * dFy, axis=2)
+        g2 = dFx * dFx + dFy * dFy
+        gmag = g2[..., 0] + g2[..., 1]  # the channel sum (np.sum over a 2-long axis is ~10x slower)
         tv = max(4.0 * f, 3.0 * e0v)  # "structure" = gradient clearly above noise (grey levels per level px)
         struct_v = mag_v > tv * tv
         # Pixels that carry information: template gradient of the features present; at most max_points of them,

@@ -17,8 +17,8 @@ from regfixtures import lwir_to_visible, truth_calibration
 from rig.calibration.homography import parallax_table
 from rig.calibration.results import load_calibration
 from rig.registration.geometry import RegistrationGeometry
-from rig.registration.parallax import (baseline_parallax, block_flow, eliminate_along, far_shift, motion_inverse_depth,
-                                      observable_basis)
+from rig.registration.parallax import (_translated, baseline_parallax, block_flow, eliminate_along, far_shift,
+                                      motion_inverse_depth, observable_basis)
 from rig.registration.refine import _features, grid_error_px, refine_alignment
 from rig.sim import render_registered
 
@@ -105,6 +105,21 @@ def test_eliminate_along_removes_only_the_along_component():
     assert np.linalg.norm(r_along) < 0.01 * np.linalg.norm(v * 3.0)  # a pure shift along the baseline: ~nothing left
     r_across, _ = eliminate_along(w * 3.0, SD, gx, gy, DIR)
     assert np.linalg.norm(r_across) > 0.3 * np.linalg.norm(w * 3.0)  # one across it survives
+
+
+def test_translated_is_the_inverse_map_warp_it_replaces():
+    """far_shift's row-wise translation equals cv2.warpAffine's (inverse map, zero border) on its 1/32 px grid,
+    borders included, for whole, fractional and negative shifts and a crop of the image."""
+    rng = np.random.default_rng(3)
+    img = rng.normal(0, 1, (61, 83)).astype(np.float32)
+    pad = 8
+    padded = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    for tx, ty in [(0, 0), (3, -2), (0.40625, 0), (0, -1.96875), (-5.53125, 4.09375), (6.96875, -6.5)]:
+        want = cv2.warpAffine(img, np.float32([[1, 0, tx], [0, 1, ty]]), (83, 61),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+        got = _translated(padded, pad, tx, ty, (48, 80))
+        assert got.shape == (48, 80) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want[:48, :80], atol=2e-6)
 
 
 def test_far_shift_finds_the_farthest_layer(pair):
