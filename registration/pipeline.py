@@ -9,7 +9,10 @@ crop + resize in one interpolation), write ``Visible/``, ``Infrared/``,
 Parallelism: a thread pool decodes, warps and PNG-encodes (OpenCV releases the
 GIL), while the calling thread runs model inference on the frames already
 prepared, so the stages overlap. The calling thread collects finished frames
-oldest first and logs them, so ``frames.jsonl`` is in frame order.
+oldest first and logs them, so ``frames.jsonl`` is in frame order. With
+``--refine`` (and no fusion), a thread writes ``Visible/`` ahead while the
+correction is estimated: the estimator holds the GIL much of its time, and the
+visible images do not depend on the correction.
 
 Options (``--every``, the device, the weights) are checked before the session
 is read; the manifest names the weights by file, path and sha256.
@@ -92,7 +95,7 @@ class _Job:
 @dataclass
 class _Prepared:
     job: _Job
-    visible: np.ndarray  # RGB uint8
+    visible: np.ndarray | None  # RGB uint8; None when Visible/ was written ahead (register without fusion)
     ir16: np.ndarray
     ir8: np.ndarray
 
@@ -335,12 +338,27 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
     clock = _StageClock()
     lo, hi = ir_range
     track = ext = None
+    visible_done: set[int] = set()  # frames whose Visible/ image is written (ahead, during the estimate pass)
     position = {j.index: k for k, j in enumerate(jobs)}
     if o.refine is not None and todo:
         # The whole drive is estimated (also on a resume): smoothing needs every frame's neighbours.
         parallax = (baseline_parallax(geom, cal.extrinsics.R, cal.extrinsics.t)
                     if o.refine.parallax == "baseline" and cal.extrinsics is not None else None)
-        track = estimate_track(reader, jobs, geom, (lo, hi), o.refine, o.workers, clock, parallax)
+        # The estimate pass keeps about 1.3 of 2 cores busy (the estimator holds the GIL much of its time); the
+        # Visible/ images do not depend on the correction, so a thread writes them ahead in the idle time.
+        stop_ahead = threading.Event()
+        ahead = (threading.Thread(target=write_visible_ahead, name="register-visible-ahead", daemon=True,
+                                  args=(reader, todo, tables.visible_x, tables.visible_y, resampler.sigma_visible, out,
+                                        o.min_free_bytes, stop_ahead, visible_done, clock))
+                 if not o.fuse else None)
+        if ahead is not None:
+            ahead.start()
+        try:
+            track = estimate_track(reader, jobs, geom, (lo, hi), o.refine, o.workers, clock, parallax)
+        finally:
+            stop_ahead.set()
+            if ahead is not None:
+                ahead.join()
         if not all(is_identity(h, geom.output_size) for h in track.H):  # a static rig needs no corrected tables
             ext = ExtendedLwirTable.from_geometry(geom, max(o.refine.margin_px, int(math.ceil(o.refine.max_shift_px)) + 2))
         result.refine = track.summary(geom.output_size)
@@ -354,13 +372,16 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
     def prepare(job: _Job) -> _Prepared | None:
         t0 = time.perf_counter()
         try:
-            raw_v, raw_l = reader.read(job.pair.a), reader.read(job.pair.b)
+            raw_v = None if job.index in visible_done else reader.read(job.pair.a)
+            raw_l = reader.read(job.pair.b)
         except RigError as exc:
             result.corrupt.append({"index": job.index, "problem": str(exc)})
             return None
         t1 = time.perf_counter()
-        rgb = to_rgb(raw_v, job.pair.a.pixel_format)
-        vis = resample(rgb, tables.visible_x, tables.visible_y, resampler.sigma_visible)
+        vis = None
+        if job.index not in visible_done:
+            vis = resample(to_rgb(raw_v, job.pair.a.pixel_format), tables.visible_x, tables.visible_y,
+                           resampler.sigma_visible)
         lx, ly = tables.lwir_x, tables.lwir_y
         if ext is not None and not is_identity(track.H[position[job.index]], geom.output_size):
             lx, ly = ext.corrected(track.H[position[job.index]], geom.output_size)  # T o C^-1: still one remap
@@ -378,7 +399,8 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         name = frame_name(p.job.index)
         if shutil.disk_usage(out).free < o.min_free_bytes:
             raise _DiskFull()
-        write_png(out / "Visible" / name, cv2.cvtColor(p.visible, cv2.COLOR_RGB2BGR))
+        if p.visible is not None:  # None: written ahead (write_visible_ahead)
+            write_png(out / "Visible" / name, cv2.cvtColor(p.visible, cv2.COLOR_RGB2BGR))
         write_png(out / "Infrared" / name, p.ir8, FAST_PNG)  # textured 8-bit: Huffman beats run-length
         write_png(out / "Infrared16" / name, p.ir16)
         if fused is not None:
@@ -450,6 +472,34 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
 
 class _DiskFull(Exception):
     pass
+
+
+def write_visible_ahead(reader: SessionReader, todo: list[_Job], map_x: np.ndarray, map_y: np.ndarray, sigma: float,
+                        out: Path, min_free_bytes: int, stop: threading.Event, done: set[int], clock: _StageClock) -> None:
+    """Write ``Visible/`` images in frame order until ``stop`` is set, adding each written frame to ``done``.
+
+    Best effort: a frame it cannot read or write is left to the main pass, which reports it (corrupt frame,
+    full disk) as it would without this. A frame counts as done only once its file is in place, and is logged
+    in ``frames.jsonl`` only with its other files, so an interrupted run resumes as before."""
+    for job in todo:
+        if stop.is_set():
+            return
+        t0 = time.perf_counter()
+        try:
+            raw = reader.read(job.pair.a)
+        except RigError:
+            continue
+        vis = resample(to_rgb(raw, job.pair.a.pixel_format), map_x, map_y, sigma)
+        t1 = time.perf_counter()
+        try:
+            if shutil.disk_usage(out).free < min_free_bytes:
+                return
+            write_png(out / "Visible" / frame_name(job.index), cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
+        except (OSError, RigError):
+            return
+        done.add(job.index)
+        clock.add("warp", t1 - t0)
+        clock.add("encode+write", time.perf_counter() - t1)
 
 
 def _collect(fut: Future, ds: OutputDataset, progress) -> int:

@@ -235,14 +235,19 @@ def test_bad_input_messages(sim_rig, recorded, truth_cal, tmp_path):
     assert not (tmp_path / "o3").exists()
 
 
-def test_corrupt_frames_are_skipped_and_listed(recorded, tmp_path):
-    session = tmp_path / "corrupt"
+def _corrupt_visible_frame(recorded: Path, session: Path, index: int) -> None:
+    """A copy of ``recorded`` at ``session`` whose visible frame ``index`` fails its CRC."""
     shutil.copytree(recorded, session)
     with SessionReader(session) as r:
-        rec = r.records("visible")[2]
+        rec = r.records("visible")[index]
     with open(session / "cameras" / "visible.frames", "r+b") as f:
         f.seek(rec.offset + 1000)
         f.write(b"\x00\x01\x02\x03")
+
+
+def test_corrupt_frames_are_skipped_and_listed(recorded, tmp_path):
+    session = tmp_path / "corrupt"
+    _corrupt_visible_frame(recorded, session, 2)
     result = register_session(session, RegisterOptions(out=tmp_path / "o", contact_sheet_frames=0))
     assert result.written == 14 and [c["index"] for c in result.corrupt] == [2]
     assert "corrupt (CRC mismatch)" in result.corrupt[0]["problem"]
@@ -727,3 +732,48 @@ def test_bad_refine_options_are_one_line_naming_the_option(recorded, tmp_path, c
         assert main(["register", str(recorded), "--out", str(out), "--refine", *args]) == 2
         assert capsys.readouterr().err == message
         assert not out.exists()
+
+
+def test_refine_writes_visible_ahead_during_the_estimate_pass_with_the_same_files(recorded, tmp_path, monkeypatch):
+    """Visible/ does not depend on the correction: written during the estimate pass, it is byte-identical to a
+    plain run's; a corrupt visible frame is still reported by the main pass, and a full disk still stops it."""
+    import time
+
+    from rig.registration import pipeline
+    from rig.registration.correction import RefineSettings
+
+    ahead_done: list[set] = []
+    finished: list[bool] = []
+    real_ahead, real_estimate = pipeline.write_visible_ahead, pipeline.estimate_track
+
+    def ahead(*args):
+        ahead_done.append(args[8])
+        finished.clear()
+        real_ahead(*args)
+        finished.append(True)
+
+    def estimate(*args, **kwargs):  # let the thread write some frames first, however fast the machine is
+        deadline = time.monotonic() + 60
+        while (not ahead_done or (len(ahead_done[-1]) < 4 and not finished)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return real_estimate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_visible_ahead", ahead)
+    monkeypatch.setattr(pipeline, "estimate_track", estimate)
+    plain = register_session(recorded, RegisterOptions(out=tmp_path / "plain", contact_sheet_frames=0))
+    refined = register_session(recorded, RegisterOptions(out=tmp_path / "refined", contact_sheet_frames=0,
+                                                         refine=RefineSettings()))
+    assert plain.written == refined.written == 15 and len(ahead_done[-1]) >= 4
+    for f in sorted((tmp_path / "plain" / "Visible").iterdir()):
+        assert f.read_bytes() == (tmp_path / "refined" / "Visible" / f.name).read_bytes(), f.name
+
+    session = tmp_path / "corrupt"
+    _corrupt_visible_frame(recorded, session, 2)
+    result = register_session(session, RegisterOptions(out=tmp_path / "c", contact_sheet_frames=0,
+                                                       refine=RefineSettings()))
+    assert result.written == 14 and [c["index"] for c in result.corrupt] == [2]
+    assert 2 not in ahead_done[-1] and not (tmp_path / "c" / "Visible" / pipeline.frame_name(2)).exists()
+    with pytest.raises(RigError, match="stopped: less than .* MiB free"):
+        register_session(recorded, RegisterOptions(out=tmp_path / "full", min_free_bytes=1 << 62,
+                                                   refine=RefineSettings()))
+    assert not ahead_done[-1] and not list((tmp_path / "full" / "Visible").iterdir())
