@@ -348,8 +348,8 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         # Visible/ images do not depend on the correction, so a thread writes them ahead in the idle time.
         stop_ahead = threading.Event()
         ahead = (threading.Thread(target=write_visible_ahead, name="register-visible-ahead", daemon=True,
-                                  args=(reader, todo, tables.visible_x, tables.visible_y, resampler.sigma_visible, out,
-                                        o.min_free_bytes, stop_ahead, visible_done, clock))
+                                  args=(reader, todo, tables, resampler, out, o.min_free_bytes, stop_ahead,
+                                        visible_done, clock))
                  if not o.fuse else None)
         if ahead is not None:
             ahead.start()
@@ -378,10 +378,7 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
             result.corrupt.append({"index": job.index, "problem": str(exc)})
             return None
         t1 = time.perf_counter()
-        vis = None
-        if job.index not in visible_done:
-            vis = resample(to_rgb(raw_v, job.pair.a.pixel_format), tables.visible_x, tables.visible_y,
-                           resampler.sigma_visible)
+        vis = None if raw_v is None else registered_visible(raw_v, job.pair.a.pixel_format, tables, resampler)
         lx, ly = tables.lwir_x, tables.lwir_y
         if ext is not None and not is_identity(track.H[position[job.index]], geom.output_size):
             lx, ly = ext.corrected(track.H[position[job.index]], geom.output_size)  # T o C^-1: still one remap
@@ -400,7 +397,7 @@ def _run(reader: SessionReader, o: RegisterOptions, progress, t_start: float, lo
         if shutil.disk_usage(out).free < o.min_free_bytes:
             raise _DiskFull()
         if p.visible is not None:  # None: written ahead (write_visible_ahead)
-            write_png(out / "Visible" / name, cv2.cvtColor(p.visible, cv2.COLOR_RGB2BGR))
+            write_visible(out, name, p.visible)
         write_png(out / "Infrared" / name, p.ir8, FAST_PNG)  # textured 8-bit: Huffman beats run-length
         write_png(out / "Infrared16" / name, p.ir16)
         if fused is not None:
@@ -474,8 +471,17 @@ class _DiskFull(Exception):
     pass
 
 
-def write_visible_ahead(reader: SessionReader, todo: list[_Job], map_x: np.ndarray, map_y: np.ndarray, sigma: float,
-                        out: Path, min_free_bytes: int, stop: threading.Event, done: set[int], clock: _StageClock) -> None:
+def registered_visible(raw: np.ndarray, pixel_format: str, tables: RemapTables, resampler: Resampler) -> np.ndarray:
+    """A raw visible frame as its ``Visible/`` image (RGB): demosaiced, prefiltered where downsampled, one remap."""
+    return resample(to_rgb(raw, pixel_format), tables.visible_x, tables.visible_y, resampler.sigma_visible)
+
+
+def write_visible(out: Path, name: str, rgb: np.ndarray) -> None:
+    write_png(out / "Visible" / name, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def write_visible_ahead(reader: SessionReader, todo: list[_Job], tables: RemapTables, resampler: Resampler, out: Path,
+                        min_free_bytes: int, stop: threading.Event, done: set[int], clock: _StageClock) -> None:
     """Write ``Visible/`` images in frame order until ``stop`` is set, adding each written frame to ``done``.
 
     Best effort: a frame it cannot read or write is left to the main pass, which reports it (corrupt frame,
@@ -489,12 +495,12 @@ def write_visible_ahead(reader: SessionReader, todo: list[_Job], map_x: np.ndarr
             raw = reader.read(job.pair.a)
         except RigError:
             continue
-        vis = resample(to_rgb(raw, job.pair.a.pixel_format), map_x, map_y, sigma)
+        vis = registered_visible(raw, job.pair.a.pixel_format, tables, resampler)
         t1 = time.perf_counter()
         try:
             if shutil.disk_usage(out).free < min_free_bytes:
                 return
-            write_png(out / "Visible" / frame_name(job.index), cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
+            write_visible(out, frame_name(job.index), vis)
         except (OSError, RigError):
             return
         done.add(job.index)

@@ -737,25 +737,22 @@ def test_bad_refine_options_are_one_line_naming_the_option(recorded, tmp_path, c
 def test_refine_writes_visible_ahead_during_the_estimate_pass_with_the_same_files(recorded, tmp_path, monkeypatch):
     """Visible/ does not depend on the correction: written during the estimate pass, it is byte-identical to a
     plain run's; a corrupt visible frame is still reported by the main pass, and a full disk still stops it."""
-    import time
+    import threading
 
     from rig.registration import pipeline
     from rig.registration.correction import RefineSettings
 
     ahead_done: list[set] = []
-    finished: list[bool] = []
     real_ahead, real_estimate = pipeline.write_visible_ahead, pipeline.estimate_track
 
     def ahead(*args):
-        ahead_done.append(args[8])
-        finished.clear()
+        ahead_done.append(args[7])
         real_ahead(*args)
-        finished.append(True)
 
-    def estimate(*args, **kwargs):  # let the thread write some frames first, however fast the machine is
-        deadline = time.monotonic() + 60
-        while (not ahead_done or (len(ahead_done[-1]) < 4 and not finished)) and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def estimate(*args, **kwargs):  # the estimates wait for the thread: it writes every frame it can
+        for t in threading.enumerate():
+            if t.name == "register-visible-ahead":
+                t.join()
         return real_estimate(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "write_visible_ahead", ahead)
@@ -763,7 +760,8 @@ def test_refine_writes_visible_ahead_during_the_estimate_pass_with_the_same_file
     plain = register_session(recorded, RegisterOptions(out=tmp_path / "plain", contact_sheet_frames=0))
     refined = register_session(recorded, RegisterOptions(out=tmp_path / "refined", contact_sheet_frames=0,
                                                          refine=RefineSettings()))
-    assert plain.written == refined.written == 15 and len(ahead_done[-1]) >= 4
+    assert plain.written == refined.written == 15 and ahead_done[-1] == set(range(15))
+    assert len(list((tmp_path / "refined" / "frames.jsonl").read_text().splitlines())) == 15
     for f in sorted((tmp_path / "plain" / "Visible").iterdir()):
         assert f.read_bytes() == (tmp_path / "refined" / "Visible" / f.name).read_bytes(), f.name
 
@@ -772,8 +770,9 @@ def test_refine_writes_visible_ahead_during_the_estimate_pass_with_the_same_file
     result = register_session(session, RegisterOptions(out=tmp_path / "c", contact_sheet_frames=0,
                                                        refine=RefineSettings()))
     assert result.written == 14 and [c["index"] for c in result.corrupt] == [2]
-    assert 2 not in ahead_done[-1] and not (tmp_path / "c" / "Visible" / pipeline.frame_name(2)).exists()
+    assert ahead_done[-1] == set(range(15)) - {2}
+    assert not (tmp_path / "c" / "Visible" / pipeline.frame_name(2)).exists()
     with pytest.raises(RigError, match="stopped: less than .* MiB free"):
         register_session(recorded, RegisterOptions(out=tmp_path / "full", min_free_bytes=1 << 62,
                                                    refine=RefineSettings()))
-    assert not ahead_done[-1] and not list((tmp_path / "full" / "Visible").iterdir())
+    assert ahead_done[-1] == set() and not list((tmp_path / "full" / "Visible").iterdir())
