@@ -29,6 +29,13 @@ inverse depth, so a robust line through (rho, shift) extrapolated to ``rho = 0``
 infinity itself (:func:`far_shift` with ``flow``); when the line is not well determined (a car at
 rest, one depth only) the far quantile is used as before.
 
+The elimination is a linearisation: it takes a pixel's shift along the baseline out exactly only
+while that shift stays within the features' linear range (about a pixel at the estimate's working
+resolution). A near building a few working-level px off the plane is beyond it, and its residuals
+then lean on roll and tilt too. :func:`block_shifts` gives every block its own located shift along
+the baseline, so a refinement can sample the LWIR image where each block's parallax puts it and
+eliminate only what is left (:func:`rig.registration.refine.refine_alignment`'s second pass).
+
 Everything here is a pure function of its arguments.
 """
 
@@ -46,8 +53,9 @@ from rig.registration.geometry import RegistrationGeometry, centre_and_corners, 
 from rig.registration.robust import pairwise_slopes
 from rig.registration.warps import WarpModel, n_params
 
-__all__ = ["BaselineParallax", "FarStructure", "along_baseline_part", "along_baseline_shift", "along_baseline_warp",
-           "baseline_parallax", "eliminate_along", "far_shift", "motion_inverse_depth", "observable_basis"]
+__all__ = ["BaselineParallax", "BlockShifts", "FarStructure", "along_baseline_part", "along_baseline_shift",
+           "along_baseline_warp", "baseline_parallax", "block_shifts", "eliminate_along", "far_shift",
+           "motion_inverse_depth", "observable_basis"]
 
 
 @dataclass(frozen=True)
@@ -326,12 +334,59 @@ def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], ma
     correlation along the baseline, which, unlike a plain correlation of the two fields, does not change
     with the scene's depths.
     """
+    h, w = Fv.shape[:2]
+    bs = block_shifts(Fv, Fw, direction, max_shift, valid, block=block, step=step, min_peak=min_peak,
+                      min_contrast=min_contrast, contrast_px=contrast_px)
+    if bs is None:
+        return FarStructure(None, 0, None, 0.0)
+    agreement, ok = bs.agreement, bs.ok
+    n = int(np.count_nonzero(ok))
+    if n < min_blocks:
+        return FarStructure(None, n, None, agreement)
+    s_b = bs.shift[ok]
+    k = int(quantile * (n - 1))
+    low = float(np.partition(s_b, k)[k])
+    far_layer = float(np.median(s_b[s_b <= low + cluster]))
+    if flow is not None and flow.shape[:2] == (h, w):
+        at_infinity = _shift_at_infinity(s_b, flow, block, ok, min_blocks, max_extrapolation)
+        # Nothing static is farther than infinity: its shift is at most the far layer's. Above it, blocks that
+        # are not the static scene (a car ahead moving with us: no flow, a near object's shift) tilted the line.
+        if at_infinity is not None and at_infinity <= far_layer + beyond_far:
+            return FarStructure(at_infinity, n, float(np.median(s_b)), agreement, "depth")
+    return FarStructure(far_layer, n, float(np.median(s_b)), agreement)
+
+
+@dataclass(frozen=True)
+class BlockShifts:
+    """Per-block shifts along the baseline (:func:`block_shifts`)."""
+
+    shift: np.ndarray  # (hb, wb) best shift of each block (px), parabola-refined; meaningful where ok
+    ok: np.ndarray  # (hb, wb) bool: the block located itself along the baseline
+    agreement: float  # energy-weighted mean of the blocks' best correlations
+    block: int
+
+    def at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The shift (float32 px) of the block each point ``(x, y)`` lies in; blocks that did not locate
+        themselves (and points beyond the last whole block) take the located blocks' median."""
+        fill = float(np.median(self.shift[self.ok])) if self.ok.any() else 0.0
+        grid = np.where(self.ok, self.shift, fill).astype(np.float32)
+        bx = np.clip((np.asarray(x) // self.block).astype(np.int64), 0, grid.shape[1] - 1)
+        by = np.clip((np.asarray(y) // self.block).astype(np.int64), 0, grid.shape[0] - 1)
+        return grid[by, bx]
+
+
+def block_shifts(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], max_shift: float,
+                 valid: np.ndarray | None = None, *, block: int = 16, step: float = 1.0, min_peak: float = 0.5,
+                 min_contrast: float = 0.15, contrast_px: float = 2.0) -> BlockShifts | None:
+    """Per-block 1-D search of the shift ``s`` along ``direction`` that best matches ``Fw(x + s d)`` to ``Fv(x)``
+    (normalised correlation of the feature fields over each ``block``-px block; see :func:`far_shift` for the
+    arguments). ``None`` when the image holds no whole block."""
     Fv = np.ascontiguousarray(Fv, np.float32)
     Fw = np.ascontiguousarray(Fw, np.float32)
     h, w = Fv.shape[:2]
     hb, wb = h // block, w // block
     if hb < 1 or wb < 1:
-        return FarStructure(None, 0, None, 0.0)
+        return None
     area = (wb, hb)
     crop = (slice(0, hb * block), slice(0, wb * block))
 
@@ -369,24 +424,11 @@ def far_shift(Fv: np.ndarray, Fw: np.ndarray, direction: tuple[float, float], ma
     agreement = float(np.sum(weight * peak) / np.sum(weight)) if float(np.sum(weight)) > 0 else 0.0
     ok = (peak > min_peak) & (peak - side > min_contrast) & (best > 0) & (best < len(shifts) - 1) & inside
     ok &= e_v > 0.02 * float(e_v.max())
-    n = int(np.count_nonzero(ok))
-    if n < min_blocks:
-        return FarStructure(None, n, None, agreement)
     bi = np.clip(best, 1, len(shifts) - 2)
     c0, c1, c2 = (np.take_along_axis(C, (bi + o)[None], 0)[0] for o in (-1, 0, 1))
     den = c0 - 2.0 * c1 + c2
     off = np.where(den < -1e-9, 0.5 * (c0 - c2) / np.where(den < -1e-9, den, -1.0), 0.0)
-    s_b = (shifts[bi] + np.clip(off, -0.5, 0.5) * step)[ok]
-    k = int(quantile * (n - 1))
-    low = float(np.partition(s_b, k)[k])
-    far_layer = float(np.median(s_b[s_b <= low + cluster]))
-    if flow is not None and flow.shape[:2] == (h, w):
-        at_infinity = _shift_at_infinity(s_b, flow, block, ok, min_blocks, max_extrapolation)
-        # Nothing static is farther than infinity: its shift is at most the far layer's. Above it, blocks that
-        # are not the static scene (a car ahead moving with us: no flow, a near object's shift) tilted the line.
-        if at_infinity is not None and at_infinity <= far_layer + beyond_far:
-            return FarStructure(at_infinity, n, float(np.median(s_b)), agreement, "depth")
-    return FarStructure(far_layer, n, float(np.median(s_b)), agreement)
+    return BlockShifts(shifts[bi] + np.clip(off, -0.5, 0.5) * step, ok, agreement, block)
 
 
 def _translated(padded: np.ndarray, pad: int, tx: float, ty: float, size_hw: tuple[int, int]) -> np.ndarray:
