@@ -340,6 +340,42 @@ def test_smoother_edge_cases():
         smooth_corrections(np.eye(3), [True], size=(800, 600))
 
 
+def _shifts(dx) -> np.ndarray:
+    H = np.repeat(np.eye(3)[None], len(dx), axis=0)
+    H[:, 0, 2] = dx
+    return H
+
+
+def test_significance_gate_with_hysteresis_applies_a_real_drift_from_where_the_trend_tells_it_from_zero():
+    """A drift growing from zero (a linear trend, 0 -> 8 px over 4 s) with a single estimate's gate at tau = 1 px:
+    the plain gate leaves up to tau unapplied while the drift passes tau..2 tau; with hysteresis the run that
+    reaches 2 tau is gated at the trend's own standard error instead. A run that never reaches 2 tau (a static
+    rig's content, 1.5 tau at most) is gated exactly as before, and no frame jumps in either."""
+    from rig.registration.correction import significance_gate
+
+    size = (800, 600)
+    t = np.linspace(0.0, 4.0, 121)
+    drift = 2.0 * t
+    plain = significance_gate(_shifts(drift), size, 1.0)[:, 0, 2]
+    hyst = significance_gate(_shifts(drift), size, 1.0, tau_low=0.2)[:, 0, 2]
+    assert np.abs(plain - drift).max() == pytest.approx(1.0, abs=0.02)
+    assert np.abs(hyst - drift).max() == pytest.approx(0.2, abs=0.02)
+    assert np.allclose(hyst[drift >= 2.0], drift[drift >= 2.0], atol=1e-9) and np.allclose(hyst[drift <= 0.2], 0.0, atol=1e-9)
+    # No jump: the ramp from tau_low to 2 tau_low moves the applied correction at most 3x as fast as the trend,
+    # as the plain gate's ramp does.
+    step = np.abs(np.diff(drift)).max()
+    assert np.abs(np.diff(hyst)).max() <= 3.0 * step + 1e-9 and np.abs(np.diff(plain)).max() <= 3.0 * step + 1e-9
+    bump = 1.5 * np.sin(np.pi * t / 4.0)  # never significant
+    assert np.allclose(significance_gate(_shifts(bump), size, 1.0, tau_low=0.2),
+                       significance_gate(_shifts(bump), size, 1.0))
+    # Two runs: only the one reaching 2 tau is extended, the other keeps the plain gate.
+    two = np.where(t < 1.5, 1.5 * np.sin(np.pi * t / 1.5), np.maximum(0.0, 3.0 * (t - 2.0)))
+    out = significance_gate(_shifts(two), size, 1.0, tau_low=0.2)[:, 0, 2]
+    first = t < 1.5
+    assert np.allclose(out[first], significance_gate(_shifts(two), size, 1.0)[first, 0, 2])
+    assert np.abs(out[~first] - two[~first]).max() <= 0.2 + 1e-9
+
+
 def test_drift_detector():
     """(h) Fires on a correction that keeps growing, not on a constant one, vibration or an isolated outlier."""
     n = 400
@@ -555,3 +591,13 @@ def test_shared_frames_compute_each_frame_once_and_drop_it_after_its_last_use():
         for k in range(6):
             assert list(pool.map(racing, [k, k])) == [k, k]
     assert sorted(made) == list(range(6)) and frames._cache == {}
+
+
+def test_refine_settings_name_what_is_wrong():
+    from rig.errors import RigError
+    from rig.registration.correction import RefineSettings
+
+    for bad, word in ((dict(hysteresis=-1.0), "hysteresis"), (dict(significance=float("nan")), "significance"),
+                      (dict(reference="middle"), "reference"), (dict(sigma_s=0.0), "sigma_s")):
+        with pytest.raises(RigError, match=word):
+            RefineSettings(**bad)
