@@ -195,8 +195,10 @@ def render_scene(scene: Scene, model: CameraModel, R: np.ndarray, t: np.ndarray,
         inv = 1.0 / d
         gl = (GROUND_Y - origin[1]) * inv[..., 1]
     ground = np.where(gl > 0, gl, np.inf)
+    # The image's extent in undistorted normalised coordinates: what a box's window is clipped to.
+    fov = (float(rays[..., 0].min()), float(rays[..., 0].max()), float(rays[..., 1].min()), float(rays[..., 1].max()))
     for i, box in enumerate(scene.boxes):
-        sl = _box_window(box, model, R, t)
+        sl = _box_window(box, model, R, t, fov)
         if sl is None:
             continue
         ys, xs = sl
@@ -229,8 +231,15 @@ def render_scene(scene: Scene, model: CameraModel, R: np.ndarray, t: np.ndarray,
     return _shade(scene, pts, d, lam, box_id, face, variant)
 
 
-def _box_window(box: Box, model: CameraModel, R: np.ndarray, t: np.ndarray):
-    """Pixel window that can contain the box (None when it is behind the camera or off-image)."""
+def _box_window(box: Box, model: CameraModel, R: np.ndarray, t: np.ndarray,
+                fov: tuple[float, float, float, float] | None = None):
+    """Pixel window that can contain the box (None when it is behind the camera or off-image).
+
+    ``fov``: the image's ``(x0, x1, y0, y1)`` in undistorted normalised coordinates. The box's bounding
+    rectangle there is clipped to it before it is mapped through the distortion: a lens's polynomial folds
+    back beyond some radius (1.4-1.9 on the sim rig's lenses), so the outline of a box reaching far off axis
+    (a building beside the car, its near end a few cm in front of the camera) came out on the wrong side of
+    the image, and the box was clipped away where it is seen."""
     lo, hi = np.asarray(box.lo), np.asarray(box.hi)
     s = np.linspace(0.0, 1.0, 9)
     pts = []
@@ -252,6 +261,12 @@ def _box_window(box: Box, model: CameraModel, R: np.ndarray, t: np.ndarray):
     xy = P[:, :2] / P[:, 2:3]
     x0, y0 = xy.min(0)
     x1, y1 = xy.max(0)
+    if fov is not None:
+        mx, my = 0.02 * (fov[1] - fov[0]), 0.02 * (fov[3] - fov[2])
+        x0, x1 = max(x0, fov[0] - mx), min(x1, fov[1] + mx)
+        y0, y1 = max(y0, fov[2] - my), min(y1, fov[3] + my)
+        if x0 >= x1 or y0 >= y1:
+            return None
     outline = np.concatenate([np.stack([np.linspace(x0, x1, 16), np.full(16, yv)], 1) for yv in (y0, y1)] +
                              [np.stack([np.full(16, xv), np.linspace(y0, y1, 16)], 1) for xv in (x0, x1)])
     from rig.camera_model import distort
