@@ -64,8 +64,8 @@ that whole stretch falls to ``hysteresis`` times the *trend's* own standard erro
 trend averages many estimates, so that is several times less): a drift that grows from zero is then
 applied from where the trend tells it from zero instead of where a single estimate could (the plain
 gate left up to ``significance * s``, about 1.2 px, unapplied for the first second of a slow drift; on
-the simulator's 21 drifting drives 18 met the targets with it, 21 with hysteresis, static ones 16 of
-16 at 0.00 px with either).
+the simulator's drifting drives 1-28 at 1 s, 15 met the targets with it, 27 with hysteresis; static
+ones 20 of 20 at 0.00 px with either).
 
 Everything here but :func:`estimate_track` (which reads the session) is a pure function.
 """
@@ -103,12 +103,13 @@ class RefineSettings:
     # trend needs several within +-sigma_s: on the simulator's drives (every frame rendered) 2.5 Hz with sigma_s 1 s
     # met the targets on 4 of 7 drifting and 6 of 8 static drives, 5 Hz with 0.5 s on 5 of 7 and 8 of 8
     # (benchmarks/bench_refine_drives.py); with refine_alignment's parallax compensation and the gate's hysteresis,
-    # 5 Hz with 1 s on 21 of 21 and 16 of 16 (0.9-1.25 s, hysteresis 2-3 and significance 1.5-2.5 all 21 of 21;
-    # 0.5 s: 20, its last estimates tilting the end of a drive; without hysteresis at 1 s: 13).
+    # 5 Hz with 1.25 s on 35 of 35 and 24 of 24 (1.0 s: 34 of 35, one drive whose far layer is mostly out of
+    # reach at 0.53 px median; 1.25-2 s all met on seeds 1-28; without hysteresis at 1 s: 15 of 28). A longer
+    # kernel follows a slow drift as well (the fit is a local line) but smears a sudden bump over +-sigma_s.
     rate_hz: float = 5.0
     every: int = 0  # > 0: estimate every K-th registered pair instead (whatever the frame rate)
     work_size: tuple[int, int] = (320, 240)  # low-resolution registered pair the estimate is made on
-    sigma_s: float = 1.0  # temporal smoothing kernel, seconds
+    sigma_s: float = 1.25  # temporal smoothing kernel, seconds
     max_shift_px: float = 24.0  # bound of the correction, output px
     margin_px: int = 32  # extension of the LWIR table beyond the output (>= max_shift_px)
     reference: str = "along"  # "along": the along-baseline part relative to the drive's start unless measured along
@@ -154,7 +155,8 @@ class CorrectionTrack:
     results: dict
     drift: DriftReport
     scatter_px: float = 0.0  # a single estimate's robust scatter about the trend
-    gate_px: float = 0.0  # corrections below this are not applied (significance x scatter_px)
+    gate_px: float = 0.0  # corrections below this are not applied (significance x scatter_px; less inside a stretch
+    # that is certainly corrected: hysteresis x the trend's standard error there)
 
     def frame_record(self, k: int, size: tuple[int, int]) -> dict:
         """The ``frames.jsonl`` ``refine`` entry of job position ``k``."""
