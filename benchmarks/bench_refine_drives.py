@@ -11,9 +11,10 @@ is the injected one) and registered three ways in the same run:
   drive's start in full), the other settings the defaults;
 * ``2.5 Hz``: ``--refine`` at the rate it had before (2.5 estimates per second, smoothed over 1 s): faster,
   and what it costs in accuracy;
-* ``ours``: ``--refine`` with its defaults (5 estimates per second smoothed over 0.75 s, applied from 1.5x
-  a single estimate's scatter, a turn of the LWIR camera, the shift along the baseline measured from motion
-  parallax, each block's parallax compensated).
+* ``ours``: ``--refine`` with its defaults (5 estimates per second smoothed over 1.25 s, applied from 2x a
+  single estimate's scatter and, in a stretch that is certainly corrected, from 2x the trend's own; a turn of
+  the LWIR camera, the shift along the baseline measured from motion parallax, each block's parallax
+  compensated).
 
 ``--rig``: record the drives with another rig's simulator (a rig file, e.g. one whose LWIR camera sits
 ahead of the visible one, so that the epipole is finite and parallax is not parallel across the image).
