@@ -382,8 +382,7 @@ def track_from_estimates(results: dict[int, RefineResult], times: np.ndarray, si
     finite = spread[np.isfinite(spread)]
     typical = float(np.median(finite)) if finite.size else 0.0
     support = np.maximum(1.0, spread / typical) if typical > 0 else np.ones(n)
-    low = settings.hysteresis * noise_px * np.where(np.isfinite(spread), spread, np.inf) if settings.hysteresis > 0 \
-        else None
+    low = settings.hysteresis * noise_px * spread if settings.hysteresis > 0 else None  # inf where unsupported
     smoothed = significance_gate(smoothed, size, tau * support, low)
     # Drift is judged on what is applied (relative to the start, gated): the raw estimates also carry the
     # content's changing parallax, which on a static rig can trend by more than the 2 px threshold.

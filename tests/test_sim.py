@@ -175,6 +175,7 @@ def test_a_box_reaching_far_off_axis_is_drawn_wherever_it_is_seen(models, lo, hi
         shown = r.labels == PERSON
         assert hit.sum() > 0.05 * hit.size, name
         assert np.mean(shown[hit]) > 0.999, (name, np.mean(shown[hit]))
+        assert np.mean(hit[shown]) > 0.999, (name, np.mean(hit[shown]))  # and nowhere else
 
 
 def test_sim_cameras_deliver_their_formats_and_rates(sim_rig):

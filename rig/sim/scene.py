@@ -231,8 +231,7 @@ def render_scene(scene: Scene, model: CameraModel, R: np.ndarray, t: np.ndarray,
     return _shade(scene, pts, d, lam, box_id, face, variant)
 
 
-def _box_window(box: Box, model: CameraModel, R: np.ndarray, t: np.ndarray,
-                fov: tuple[float, float, float, float] | None = None):
+def _box_window(box: Box, model: CameraModel, R: np.ndarray, t: np.ndarray, fov: tuple[float, float, float, float]):
     """Pixel window that can contain the box (None when it is behind the camera or off-image).
 
     ``fov``: the image's ``(x0, x1, y0, y1)`` in undistorted normalised coordinates. The box's bounding
@@ -261,12 +260,11 @@ def _box_window(box: Box, model: CameraModel, R: np.ndarray, t: np.ndarray,
     xy = P[:, :2] / P[:, 2:3]
     x0, y0 = xy.min(0)
     x1, y1 = xy.max(0)
-    if fov is not None:
-        mx, my = 0.02 * (fov[1] - fov[0]), 0.02 * (fov[3] - fov[2])
-        x0, x1 = max(x0, fov[0] - mx), min(x1, fov[1] + mx)
-        y0, y1 = max(y0, fov[2] - my), min(y1, fov[3] + my)
-        if x0 >= x1 or y0 >= y1:
-            return None
+    mx, my = 0.02 * (fov[1] - fov[0]), 0.02 * (fov[3] - fov[2])
+    x0, x1 = max(x0, fov[0] - mx), min(x1, fov[1] + mx)
+    y0, y1 = max(y0, fov[2] - my), min(y1, fov[3] + my)
+    if x0 >= x1 or y0 >= y1:
+        return None
     outline = np.concatenate([np.stack([np.linspace(x0, x1, 16), np.full(16, yv)], 1) for yv in (y0, y1)] +
                              [np.stack([np.full(16, xv), np.linspace(y0, y1, 16)], 1) for xv in (x0, x1)])
     from rig.camera_model import distort
