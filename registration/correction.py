@@ -382,7 +382,8 @@ def track_from_estimates(results: dict[int, RefineResult], times: np.ndarray, si
     finite = spread[np.isfinite(spread)]
     typical = float(np.median(finite)) if finite.size else 0.0
     support = np.maximum(1.0, spread / typical) if typical > 0 else np.ones(n)
-    low = settings.hysteresis * noise_px * spread if settings.hysteresis > 0 else None  # inf where unsupported
+    # The trend's standard error (inf where no estimate supports it); nothing to gate when nothing scatters.
+    low = settings.hysteresis * noise_px * spread if settings.hysteresis > 0 and noise_px > 0 else None
     smoothed = significance_gate(smoothed, size, tau * support, low)
     # Drift is judged on what is applied (relative to the start, gated): the raw estimates also carry the
     # content's changing parallax, which on a static rig can trend by more than the 2 px threshold.

@@ -601,3 +601,20 @@ def test_refine_settings_name_what_is_wrong():
                       (dict(reference="middle"), "reference"), (dict(sigma_s=0.0), "sigma_s")):
         with pytest.raises(RigError, match=word):
             RefineSettings(**bad)
+
+
+def test_a_drive_whose_estimates_were_all_refused_gets_no_correction_and_no_warning():
+    """The demo's night street: every estimate refused (too little shared structure). Nothing scatters, so
+    there is nothing to gate: identity everywhere, and no NaN from the gate's hysteresis (inf spread x 0 scatter
+    printed a RuntimeWarning to the console)."""
+    import warnings
+
+    from rig.registration.correction import RefineSettings, track_from_estimates
+
+    size = (800, 600)
+    refused = {k: RefineResult(np.eye(3), False, 0.0, "too little shared structure", np.eye(3),
+                               correction_px(np.eye(3), size), "rotation") for k in range(0, 12, 3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        track = track_from_estimates(refused, np.arange(12) / 10.0, size, RefineSettings())
+    assert np.allclose(track.H, np.eye(3)) and track.gate_px == 0.0 and not track.drift.drifting
